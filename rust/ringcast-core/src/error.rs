@@ -1,0 +1,78 @@
+//! The one error type of the core crate.
+
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong in ringcast-core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No segment of that name exists.
+    #[error("no ringcast segment named '{0}' exists")]
+    NotFound(String),
+    /// A live segment of that name already exists.
+    #[error("a segment named '{0}' already exists")]
+    Exists(String),
+    /// The object exists but is not a (valid) ringcast segment.
+    #[error("'{name}' is not a usable ringcast segment: {why}")]
+    Corrupt { name: String, why: String },
+    /// A bad argument from the caller.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The queue has no room for the message right now.
+    #[error("{needed} byte message > {free} free bytes")]
+    Full { needed: u64, free: u64 },
+    /// The message can never fit, however long one waits.
+    #[error("a {needed} byte message can never fit in a queue of {capacity} bytes")]
+    TooLarge { needed: u64, capacity: u64 },
+    /// A wait (lock, members) ran out of time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    /// The queue was shut down by a writer and the reader has read everything.
+    #[error("queue '{0}' has been shut down")]
+    ShutDown(String),
+    /// The handle was closed.
+    #[error("this {0} is closed")]
+    Closed(&'static str),
+    /// The segment is being removed (its last member left).
+    #[error("segment '{0}' was closed by its last member and is being removed")]
+    Removed(String),
+    /// No free member slot.
+    #[error("segment '{name}' has no free member slot (all {max} in use)")]
+    NoMemberSlot { name: String, max: u32 },
+    /// The handle belongs to the process it was inherited from.
+    #[error("this {0} belongs to the parent process; create a new one in the child")]
+    Forked(&'static str),
+    /// Another thread uses the same handle right now.
+    #[error("this {0} is in use by another thread")]
+    Busy(&'static str),
+    /// The caller's slice callback asked to stop (e.g. a Python signal handler raised).
+    #[error("interrupted")]
+    Interrupted,
+    /// An operating-system call failed.
+    #[error("{op} '{name}': {source}")]
+    Os {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn os(op: &'static str, name: &str, e: impl Into<io::Error>) -> Self {
+        Error::Os {
+            op,
+            name: name.to_owned(),
+            source: e.into(),
+        }
+    }
+    pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
+        Error::Corrupt {
+            name: name.to_owned(),
+            why: why.into(),
+        }
+    }
+}
