@@ -1,0 +1,78 @@
+"""ringcast: fast, safe shared-memory data movement between processes on one machine.
+
+The broadcast queue (:class:`BroadcastQueue`) gives every reader every message, each reader
+with its own cursor in shared memory. :class:`PySyncQ` is a drop-in replacement for
+``pysyncq.pysyncq.PySyncQ``.
+"""
+
+from __future__ import annotations
+
+import atexit as _atexit
+import multiprocessing.util as _mp_util
+
+from . import errors
+from ._ringcast import (
+    BroadcastQueue,
+    Message,
+    Reader,
+    gc,
+    inspect,
+    record_size,
+    segments,
+    unlink,
+)
+from ._ringcast import _close_all as _close_all
+from .errors import (
+    CorruptSegment,
+    Empty,
+    ForkedHandle,
+    Full,
+    HandleBusy,
+    HandleClosed,
+    InvalidArgument,
+    MessageTooLarge,
+    NoMemberSlot,
+    QueueShutDown,
+    RingcastError,
+    RingcastOSError,
+    SegmentExists,
+    SegmentNotFound,
+    Timeout,
+)
+from .pysyncq import PySyncQ
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BroadcastQueue",
+    "Reader",
+    "Message",
+    "PySyncQ",
+    "segments",
+    "inspect",
+    "gc",
+    "unlink",
+    "record_size",
+    "errors",
+    "RingcastError",
+    "Empty",
+    "Full",
+    "MessageTooLarge",
+    "Timeout",
+    "QueueShutDown",
+    "SegmentNotFound",
+    "SegmentExists",
+    "CorruptSegment",
+    "InvalidArgument",
+    "HandleClosed",
+    "NoMemberSlot",
+    "ForkedHandle",
+    "HandleBusy",
+    "RingcastOSError",
+]
+
+# Leave every queue still held when the interpreter exits, so the last one out removes the
+# segment. atexit covers normal exits; multiprocessing children end with os._exit after
+# running multiprocessing's own finalizers, which this registration covers.
+_atexit.register(_close_all)
+_mp_util.Finalize(None, _close_all, exitpriority=-100)

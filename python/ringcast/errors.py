@@ -1,0 +1,101 @@
+"""Exceptions raised by ringcast.
+
+Every exception derives from :class:`RingcastError` and, where the meaning matches, also from
+the standard-library type, so existing ``except`` clauses keep working (``queue.Empty``,
+``queue.Full``, ``TimeoutError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import queue as _queue
+
+__all__ = [
+    "RingcastError",
+    "Empty",
+    "Full",
+    "MessageTooLarge",
+    "Timeout",
+    "QueueShutDown",
+    "SegmentNotFound",
+    "SegmentExists",
+    "CorruptSegment",
+    "InvalidArgument",
+    "HandleClosed",
+    "NoMemberSlot",
+    "ForkedHandle",
+    "HandleBusy",
+    "RingcastOSError",
+]
+
+
+class RingcastError(Exception):
+    """Base class of every ringcast exception."""
+
+
+class Empty(RingcastError, _queue.Empty):
+    """No message arrived before the timeout (also a :class:`queue.Empty`)."""
+
+
+class Full(RingcastError, _queue.Full):
+    """The queue had no room before the timeout (also a :class:`queue.Full`).
+
+    ``needed`` is the record's cost in bytes, ``free`` the free bytes last seen.
+    """
+
+    def __init__(self, message: str = "", needed: int = 0, free: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+
+
+class MessageTooLarge(RingcastError, ValueError):
+    """The message can never fit in the queue, however long one waits."""
+
+    def __init__(self, message: str = "", needed: int = 0, capacity: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.capacity = capacity
+
+
+class Timeout(RingcastError, TimeoutError):
+    """A wait other than send/receive (a lock, readers joining) ran out of time."""
+
+
+class QueueShutDown(RingcastError):
+    """The queue was shut down and this reader has read every message."""
+
+
+class SegmentNotFound(RingcastError, FileNotFoundError):
+    """No ringcast segment of that name exists."""
+
+
+class SegmentExists(RingcastError, FileExistsError):
+    """A live segment of that name already exists."""
+
+
+class CorruptSegment(RingcastError, ValueError):
+    """The object is not a ringcast segment, or its contents are damaged."""
+
+
+class InvalidArgument(RingcastError, ValueError):
+    """An argument is out of range or of the wrong form."""
+
+
+class HandleClosed(RingcastError, ValueError):
+    """The handle was closed."""
+
+
+class NoMemberSlot(RingcastError):
+    """Every member slot of the segment is in use."""
+
+
+class ForkedHandle(RingcastError, RuntimeError):
+    """A handle that belongs to another process (inherited across fork) was used."""
+
+
+class HandleBusy(RingcastError, RuntimeError):
+    """Another thread is using the same reader right now."""
+
+
+class RingcastOSError(RingcastError, OSError):
+    """An operating-system call failed."""

@@ -1,0 +1,78 @@
+//! The one mapping from `ringcast_core::Error` to Python exceptions (`ringcast.errors`).
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use ringcast_core::Error;
+
+/// Errors of the bindings: a core error, or a Python error that interrupted a wait.
+pub enum BindError {
+    Core(Error),
+    Py(PyErr),
+}
+
+impl From<Error> for BindError {
+    fn from(e: Error) -> Self {
+        BindError::Core(e)
+    }
+}
+
+impl From<PyErr> for BindError {
+    fn from(e: PyErr) -> Self {
+        BindError::Py(e)
+    }
+}
+
+impl From<BindError> for PyErr {
+    fn from(e: BindError) -> PyErr {
+        match e {
+            BindError::Py(e) => e,
+            BindError::Core(e) => Python::attach(|py| to_pyerr(py, e)),
+        }
+    }
+}
+
+fn raise(py: Python<'_>, class: &str, args: Bound<'_, PyTuple>) -> PyErr {
+    let made = py
+        .import("ringcast.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1(args));
+    match made {
+        Ok(obj) => PyErr::from_value(obj),
+        Err(e) => e,
+    }
+}
+
+/// Convert a core error to the matching `ringcast.errors` exception.
+pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
+    let msg = e.to_string();
+    let t1 = |m: String| PyTuple::new(py, [m]).expect("tuple of one str");
+    match e {
+        Error::NotFound(_) | Error::Removed(_) => raise(py, "SegmentNotFound", t1(msg)),
+        Error::Exists(_) => raise(py, "SegmentExists", t1(msg)),
+        Error::Corrupt { .. } => raise(py, "CorruptSegment", t1(msg)),
+        Error::InvalidArgument(_) => raise(py, "InvalidArgument", t1(msg)),
+        Error::Full { needed, free } => {
+            let args = (msg, needed, free).into_pyobject(py).expect("tuple");
+            raise(py, "Full", args)
+        }
+        Error::TooLarge { needed, capacity } => {
+            let args = (msg, needed, capacity).into_pyobject(py).expect("tuple");
+            raise(py, "MessageTooLarge", args)
+        }
+        Error::Timeout(..) => raise(py, "Timeout", t1(msg)),
+        Error::ShutDown(_) => raise(py, "QueueShutDown", t1(msg)),
+        Error::Closed(_) => raise(py, "HandleClosed", t1(msg)),
+        Error::NoMemberSlot { .. } => raise(py, "NoMemberSlot", t1(msg)),
+        Error::Forked(_) => raise(py, "ForkedHandle", t1(msg)),
+        Error::Busy(_) => raise(py, "HandleBusy", t1(msg)),
+        Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
+        Error::Os { ref source, .. } => {
+            let errno = source.raw_os_error().unwrap_or(0);
+            let args = (errno, msg).into_pyobject(py).expect("tuple");
+            raise(py, "RingcastOSError", args)
+        }
+    }
+}
+
+/// Result type of binding internals.
+pub type BResult<T> = Result<T, BindError>;
