@@ -741,7 +741,7 @@ pub fn remove_if_stale(name: &str) -> bool {
     match segment::inspect(name) {
         Ok(info) if info.is_stale() => segment::unlink(name).is_ok(),
         Ok(_) => false,
-        Err(Error::Corrupt { why, .. }) if why.contains("never initialised") => segment::unlink(name).is_ok(),
+        Err(Error::Corrupt { .. }) if segment::is_abandoned_creation(name) => segment::unlink(name).is_ok(),
         Err(Error::NotFound(_)) => true,
         Err(_) => false,
     }

@@ -79,7 +79,10 @@ pub struct Header {
     pub flags: AtomicU32,
     pub creator_start: AtomicU64,
     pub created_unix_ns: AtomicU64,
-    _pad0: [AtomicU64; 6],
+    /// FNV-1a of the 80 bytes above (with the magic in place): any damage to the static
+    /// fields is detected at attach.
+    pub checksum: AtomicU64,
+    _pad0: [AtomicU64; 5],
     // --- 128: lifecycle ---
     pub state: AtomicU32,
     pub shutdown: AtomicU32,
@@ -315,6 +318,11 @@ impl Segment {
             h.creator_start.store(me.start, Ordering::Relaxed);
             h.created_unix_ns.store(now_unix_ns(), Ordering::Relaxed);
             h.state.store(STATE_OPEN, Ordering::Relaxed);
+            let mut statics = [0u8; STATIC_BYTES];
+            // SAFETY: the first STATIC_BYTES of the mapping are the header's static fields.
+            unsafe { std::ptr::copy_nonoverlapping(seg.base.as_ptr(), statics.as_mut_ptr(), STATIC_BYTES) };
+            statics[..8].copy_from_slice(&MAGIC.to_ne_bytes());
+            h.checksum.store(fnv1a(&statics), Ordering::Relaxed);
             h.magic.store(MAGIC, Ordering::Release);
             Ok(seg)
         })();
@@ -465,6 +473,13 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(a)
 }
 
+/// Bytes of the header covered by the checksum.
+const STATIC_BYTES: usize = 80;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The static part of a header as read with pread.
 #[derive(Clone, Copy, Debug)]
 pub struct RawHeader {
@@ -475,6 +490,7 @@ pub struct RawHeader {
     pub creator_start: u64,
     pub created_unix_ns: u64,
     pub state: u32,
+    pub checksum_ok: bool,
 }
 
 fn parse_raw(b: &[u8]) -> RawHeader {
@@ -494,6 +510,7 @@ fn parse_raw(b: &[u8]) -> RawHeader {
         creator_start: u64_at(b, 64),
         created_unix_ns: u64_at(b, 72),
         state: u32_at(b, 128),
+        checksum_ok: fnv1a(&b[..STATIC_BYTES]) == u64_at(b, STATIC_BYTES),
     }
 }
 
@@ -539,6 +556,9 @@ fn read_geometry(name: &str, fd: &OwnedFd, grace: Duration) -> Result<Geometry> 
                 name,
                 format!("layout version {} (this ringcast reads version {VERSION})", raw.version),
             ));
+        }
+        if !raw.checksum_ok {
+            return Err(Error::corrupt(name, "header checksum mismatch: the header is damaged"));
         }
         raw.geo.validate(size).map_err(|why| Error::corrupt(name, why))?;
         return Ok(raw.geo);
@@ -593,6 +613,25 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         }
     }
     Ok(SegmentInfo { name: bare, raw, size: geo.total_size, members_alive: alive, members_dead: dead })
+}
+
+/// Whether `name` is what a creator killed mid-creation leaves behind: an empty object
+/// older than a few seconds, or a header whose magic was never written and whose recorded
+/// creator is dead. Anything else (including foreign objects) is not touched.
+pub fn is_abandoned_creation(name: &str) -> bool {
+    let Ok(path) = shm_path(name) else { return false };
+    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else { return false };
+    let Ok(st) = fstat(&fd) else { return false };
+    if st.st_size == 0 {
+        let age = now_unix_ns().saturating_sub((st.st_ctime as u64).saturating_mul(1_000_000_000));
+        return age > 5_000_000_000;
+    }
+    let mut head = [0u8; 192];
+    if (st.st_size as u64) < HEADER_PAGE as u64 || read_exact_at(&fd, &mut head, 0).is_err() {
+        return false;
+    }
+    let raw = parse_raw(&head);
+    raw.magic == 0 && raw.creator_pid != 0 && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
 }
 
 /// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).

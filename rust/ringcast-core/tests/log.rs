@@ -226,7 +226,7 @@ fn truncated_or_altered_real_segments_are_rejected() {
     for cut in [4096, real.len() - 4096, real.len() - 1] {
         check(real[..cut].to_vec());
     }
-    for off in [8, 12, 16, 24, 32, 40, 48, 52] {
+    for off in [8, 12, 16, 24, 32, 40, 48, 52, 56, 64, 72, 80] {
         let mut b = real.clone();
         b[off] ^= 0x55;
         b[off + 3] ^= 0x11;

@@ -351,7 +351,9 @@ impl PyQueue {
         Ok(())
     }
 
-    /// The capacity cost in bytes of a message with these lengths.
+    /// The capacity cost in bytes of a message with these lengths (the sender defaults to
+    /// this handle's).
+    #[pyo3(signature = (body_len, type_len=0, sender_len=None))]
     fn record_size(&self, body_len: usize, type_len: usize, sender_len: Option<usize>) -> u64 {
         self.q.record_len(sender_len.unwrap_or(self.sender.len()), type_len, body_len)
     }
