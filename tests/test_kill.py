@@ -78,8 +78,10 @@ def test_sigkill_writer_mid_append(shm_name):
         assert st["members_dead"] == 0 or st["reaped"] >= 0
         # With 60-200 KiB copies dominating the writer's loop, some kills must have landed
         # while it held the writer lock; the survivors recovered it every time.
-        print(f"lock recoveries: {st['lock_recoveries']} in {ROUNDS} rounds, "
-              f"{len(received)} messages checked")
+        print(
+            f"lock recoveries: {st['lock_recoveries']} in {ROUNDS} rounds, "
+            f"{len(received)} messages checked"
+        )
         assert st["lock_recoveries"] >= 1
 
 

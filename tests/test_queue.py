@@ -353,8 +353,8 @@ def test_attach_from_unrelated_program(shm_name):
 
     with BroadcastQueue(shm_name, create=True) as q, q.reader() as r:
         code = (
-            "import ringcast; q = ringcast.BroadcastQueue(%r, create=False, sender='other');"
-            "q.send(b'hello from another program', 'note'); q.close()" % shm_name
+            f"import ringcast; q = ringcast.BroadcastQueue({shm_name!r}, create=False, "
+            "sender='other'); q.send(b'hello from another program', 'note'); q.close()"
         )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         m = r.recv(timeout=5)
@@ -405,8 +405,8 @@ def test_stale_segment_is_replaced_and_gc(shm_name):
     import sys
 
     code = (
-        "import os, ringcast; q = ringcast.BroadcastQueue(%r, create=True); r = q.reader();"
-        "os._exit(0)" % shm_name
+        f"import os, ringcast; q = ringcast.BroadcastQueue({shm_name!r}, create=True); "
+        "r = q.reader(); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     info = ringcast.inspect(shm_name)

@@ -97,8 +97,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"ringcast demo: 1 writer -> {args.readers} reader processes ({args.start_method}), "
         f"{args.messages} messages of {size} B"
     )
-    print(f"  writer sent {args.messages / sent_s:,.0f} msgs/s; all readers done at {rate:,.0f} msgs/s "
-          f"({rate * size * args.readers / 1e6:,.1f} MB/s delivered)")
+    delivered = rate * size * args.readers / 1e6
+    print(
+        f"  writer sent {args.messages / sent_s:,.0f} msgs/s; "
+        f"all readers done at {rate:,.0f} msgs/s ({delivered:,.1f} MB/s delivered)"
+    )
     bad = 0
     for i, (count, ok, _elapsed) in enumerate(got):
         status = "ok" if ok and count == args.messages else "MISMATCH"
@@ -116,7 +119,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="ringcast", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ls", help="list ringcast segments").set_defaults(func=cmd_ls)
-    sub.add_parser("gc", help="remove segments whose members are all dead").set_defaults(func=cmd_gc)
+    sub.add_parser("gc", help="remove segments whose members are all dead").set_defaults(
+        func=cmd_gc
+    )
     d = sub.add_parser("demo", help="one writer broadcasting to several reader processes")
     d.add_argument("--readers", type=int, default=3)
     d.add_argument("--messages", type=int, default=300_000)

@@ -92,7 +92,9 @@ pub fn alive(pid: u32, start: u64, start_mask: u64) -> bool {
                 unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
             }
         }
-        Some((state, s)) => state != 'Z' && state != 'X' && (s & start_mask) == (start & start_mask),
+        Some((state, s)) => {
+            state != 'Z' && state != 'X' && (s & start_mask) == (start & start_mask)
+        }
     }
 }
 
@@ -117,7 +119,10 @@ mod tests {
         let me = current();
         assert!(me.start > 0);
         assert!(ident_alive(me));
-        assert!(!ident_alive(Ident { pid: me.pid, start: me.start + 1 }));
+        assert!(!ident_alive(Ident {
+            pid: me.pid,
+            start: me.start + 1
+        }));
         assert!(!alive(0, 0, u64::MAX));
         assert!(!alive(u32::MAX - 1, 0, u64::MAX));
     }

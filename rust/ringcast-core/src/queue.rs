@@ -57,7 +57,12 @@ pub struct QueueOptions {
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { capacity: 1 << 20, max_members: 64, align: 8, mode: 0o600 }
+        QueueOptions {
+            capacity: 1 << 20,
+            max_members: 64,
+            align: 8,
+            mode: 0o600,
+        }
     }
 }
 
@@ -151,7 +156,10 @@ impl Drop for LockGuard<'_> {
 }
 
 fn pair(line: &segment::WaitLine) -> WaitPair<'_> {
-    WaitPair { word: &line.word, waiters: &line.waiters }
+    WaitPair {
+        word: &line.word,
+        waiters: &line.waiters,
+    }
 }
 
 /// The longest a handle waits for the writer lock when the caller did not ask to wait.
@@ -177,7 +185,9 @@ impl Queue {
 
     /// Attach to an existing queue by name.
     pub fn attach(name: &str) -> Result<Arc<Queue>> {
-        Ok(Arc::new(Queue { seg: Segment::attach(name, KIND_BROADCAST)? }))
+        Ok(Arc::new(Queue {
+            seg: Segment::attach(name, KIND_BROADCAST)?,
+        }))
     }
 
     /// Attach if it exists, else create.
@@ -217,7 +227,9 @@ impl Queue {
         &self.seg
     }
     fn member(&self, slot: u32) -> Result<&Member> {
-        self.seg.member(slot).ok_or_else(|| Error::corrupt(self.name(), "member slot out of range"))
+        self.seg
+            .member(slot)
+            .ok_or_else(|| Error::corrupt(self.name(), "member slot out of range"))
     }
 
     /// The cost of a record in this queue.
@@ -227,10 +239,17 @@ impl Queue {
 
     // ----------------------------------------------------------------- the writer lock
 
-    fn lock(&self, spec: WaitSpec, on_slice: &mut dyn FnMut() -> Result<()>) -> Result<LockGuard<'_>> {
+    fn lock(
+        &self,
+        spec: WaitSpec,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<LockGuard<'_>> {
         let h = self.header();
         let me = proc::current().token();
-        if h.lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if h.lock
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             return Ok(LockGuard { h });
         }
         let started = Instant::now();
@@ -238,7 +257,10 @@ impl Queue {
         // Lock holds are short, so even a caller that does not want to wait gets a grace
         // period (long enough to recover the lock from a dead owner).
         let deadline = Deadline(spec.deadline.0.map(|d| d.max(started + LOCK_GRACE)));
-        let spec = WaitSpec { deadline, spin: Duration::from_micros(20) };
+        let spec = WaitSpec {
+            deadline,
+            spin: Duration::from_micros(20),
+        };
         let got = block_on(
             &pair(&h.lock_wait),
             spec,
@@ -255,7 +277,9 @@ impl Queue {
                     last_check = Instant::now();
                     let (pid, start32) = proc::Ident::from_token(cur);
                     if !proc::alive(pid, u64::from(start32), u64::from(u32::MAX))
-                        && h.lock.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                        && h.lock
+                            .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
                     {
                         h.lock_recoveries.fetch_add(1, Ordering::Relaxed);
                         return Ok(Some(()));
@@ -300,8 +324,10 @@ impl Queue {
             m.state.store(M_FREE, Ordering::Release);
             return Err(Error::Removed(self.name().to_owned()));
         }
-        m.cursor.store(h.tail.load(Ordering::Acquire), Ordering::Relaxed);
-        m.seq.store(h.write_seq.load(Ordering::Acquire), Ordering::Relaxed);
+        m.cursor
+            .store(h.tail.load(Ordering::Acquire), Ordering::Relaxed);
+        m.seq
+            .store(h.write_seq.load(Ordering::Acquire), Ordering::Relaxed);
         m.state.store(M_ACTIVE, Ordering::Release);
         drop(g);
         pair(&h.member_wait).notify();
@@ -310,7 +336,10 @@ impl Queue {
 
     fn claim_slot(&self, kind: u32, name: &[u8], me: proc::Ident) -> Option<MemberId> {
         for (slot, m) in self.seg.members() {
-            if m.state.compare_exchange(M_FREE, M_CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if m.state
+                .compare_exchange(M_FREE, M_CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 m.pid.store(me.pid, Ordering::Relaxed);
                 m.start.store(me.start, Ordering::Relaxed);
                 let gen = m.gen.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -343,7 +372,11 @@ impl Queue {
         let mut unlinked = false;
         if let Ok(g) = guard {
             self.reap_dead(None);
-            let live = self.seg.members().filter(|(_, m)| m.state.load(Ordering::Acquire) != M_FREE).count();
+            let live = self
+                .seg
+                .members()
+                .filter(|(_, m)| m.state.load(Ordering::Acquire) != M_FREE)
+                .count();
             if live == 0 && h.state.load(Ordering::Acquire) == STATE_OPEN {
                 h.state.store(STATE_CLOSED, Ordering::Release);
                 unlinked = self.seg.unlink().is_ok();
@@ -369,18 +402,25 @@ impl Queue {
                 continue; // being claimed right now
             }
             if let Some(b) = below {
-                if st != M_ACTIVE || m.kind.load(Ordering::Relaxed) != KIND_READER || m.cursor.load(Ordering::Acquire) >= b {
+                if st != M_ACTIVE
+                    || m.kind.load(Ordering::Relaxed) != KIND_READER
+                    || m.cursor.load(Ordering::Acquire) >= b
+                {
                     continue;
                 }
             }
             if !proc::alive(pid, m.start.load(Ordering::Relaxed), u64::MAX)
-                && m.state.compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && m.state
+                    .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
             {
                 n += 1;
             }
         }
         if n > 0 {
-            self.header().reaped.fetch_add(u64::from(n), Ordering::Relaxed);
+            self.header()
+                .reaped
+                .fetch_add(u64::from(n), Ordering::Relaxed);
         }
         n
     }
@@ -392,16 +432,34 @@ impl Queue {
             .filter(|(_, m)| {
                 m.state.load(Ordering::Acquire) == M_ACTIVE
                     && m.kind.load(Ordering::Relaxed) == KIND_READER
-                    && proc::alive(m.pid.load(Ordering::Relaxed), m.start.load(Ordering::Relaxed), u64::MAX)
+                    && proc::alive(
+                        m.pid.load(Ordering::Relaxed),
+                        m.start.load(Ordering::Relaxed),
+                        u64::MAX,
+                    )
             })
             .count() as u32
     }
 
     /// Wait until at least `n` live readers have joined.
-    pub fn wait_for_readers(&self, n: u32, spec: WaitSpec, on_slice: &mut dyn FnMut() -> Result<()>) -> Result<bool> {
+    pub fn wait_for_readers(
+        &self,
+        n: u32,
+        spec: WaitSpec,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<bool> {
         let h = self.header();
-        let spec = WaitSpec { spin: Duration::ZERO, ..spec };
-        Ok(block_on(&pair(&h.member_wait), spec, || Ok((self.live_readers() >= n).then_some(())), on_slice)?.is_some())
+        let spec = WaitSpec {
+            spin: Duration::ZERO,
+            ..spec
+        };
+        Ok(block_on(
+            &pair(&h.member_wait),
+            spec,
+            || Ok((self.live_readers() >= n).then_some(())),
+            on_slice,
+        )?
+        .is_some())
     }
 
     // ----------------------------------------------------------------- writing
@@ -411,12 +469,17 @@ impl Queue {
         let cap = self.capacity();
         let mut head = tail;
         for (_, m) in self.seg.members() {
-            if m.state.load(Ordering::Acquire) != M_ACTIVE || m.kind.load(Ordering::Relaxed) != KIND_READER {
+            if m.state.load(Ordering::Acquire) != M_ACTIVE
+                || m.kind.load(Ordering::Relaxed) != KIND_READER
+            {
                 continue;
             }
             let c = m.cursor.load(Ordering::Acquire);
             if c > tail || tail - c > cap {
-                return Err(Error::corrupt(self.name(), format!("reader cursor {c} is outside the log (tail {tail})")));
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("reader cursor {c} is outside the log (tail {tail})"),
+                ));
             }
             head = head.min(c);
         }
@@ -446,12 +509,18 @@ impl Queue {
         }
         let body_len: usize = body.iter().map(|b| b.len()).sum();
         if body_len > u32::MAX as usize {
-            return Err(Error::InvalidArgument(format!("a message body is limited to {} bytes", u32::MAX)));
+            return Err(Error::InvalidArgument(format!(
+                "a message body is limited to {} bytes",
+                u32::MAX
+            )));
         }
         let n = self.record_len(sender.len(), typ.len(), body_len);
         let cap = self.capacity();
         if n > cap {
-            return Err(Error::TooLarge { needed: n, capacity: cap });
+            return Err(Error::TooLarge {
+                needed: n,
+                capacity: cap,
+            });
         }
         let h = self.header();
         if h.shutdown.load(Ordering::Acquire) != 0 {
@@ -471,7 +540,9 @@ impl Queue {
             }
             if tail - head + n > cap {
                 head = self.recompute_head(tail)?;
-                if tail - head + n > cap && last_reap.is_none_or(|t| t.elapsed() >= Duration::from_millis(10)) {
+                if tail - head + n > cap
+                    && last_reap.is_none_or(|t| t.elapsed() >= Duration::from_millis(10))
+                {
                     last_reap = Some(Instant::now());
                     if self.reap_dead(Some(tail + n - cap)) > 0 {
                         head = self.recompute_head(tail)?;
@@ -507,7 +578,9 @@ impl Queue {
                     || a(&mut **hook.borrow_mut()),
                     || (hook.borrow_mut())(),
                 );
-                h.space_wait.blocked_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                h.space_wait
+                    .blocked_ns
+                    .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 r?
             }
         };
@@ -516,13 +589,27 @@ impl Queue {
                 pair(&h.data_wait).notify();
                 Ok(seq)
             }
-            None => Err(Error::Full { needed: n, free: free_seen }),
+            None => Err(Error::Full {
+                needed: n,
+                free: free_seen,
+            }),
         }
     }
 
-    fn write_record(&self, pos: u64, seq: u64, sender: &[u8], typ: &[u8], body: &[&[u8]], body_len: usize) {
+    fn write_record(
+        &self,
+        pos: u64,
+        seq: u64,
+        sender: &[u8],
+        typ: &[u8],
+        body: &[&[u8]],
+        body_len: usize,
+    ) {
         let align = u64::from(self.geometry().align);
-        let body_off = segment::round_up(RECORD_HEADER + sender.len() as u64 + typ.len() as u64, align) as usize;
+        let body_off = segment::round_up(
+            RECORD_HEADER + sender.len() as u64 + typ.len() as u64,
+            align,
+        ) as usize;
         let mut hdr = [0u8; 16];
         hdr[0..4].copy_from_slice(&(body_len as u32).to_ne_bytes());
         hdr[4..6].copy_from_slice(&(sender.len() as u16).to_ne_bytes());
@@ -573,7 +660,10 @@ impl Queue {
                 break None;
             }
             if cur > tail || tail - cur > cap {
-                return Err(Error::corrupt(self.name(), format!("cursor {cur} is outside the log (tail {tail})")));
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("cursor {cur} is outside the log (tail {tail})"),
+                ));
             }
             let p = self.seg.ring_at(cur);
             let mut hdr = [0u8; 16];
@@ -588,10 +678,15 @@ impl Queue {
             if total > tail - cur || rseq != seq {
                 return Err(Error::corrupt(
                     self.name(),
-                    format!("record at {cur} is damaged (len {total}, seq {rseq}, expected seq {seq})"),
+                    format!(
+                        "record at {cur} is damaged (len {total}, seq {rseq}, expected seq {seq})"
+                    ),
                 ));
             }
-            let body_off = segment::round_up(RECORD_HEADER + (slen + tlen) as u64, u64::from(self.geometry().align)) as usize;
+            let body_off = segment::round_up(
+                RECORD_HEADER + (slen + tlen) as u64,
+                u64::from(self.geometry().align),
+            ) as usize;
             // SAFETY: total <= tail - cur <= ring_size, so the whole record is mapped and
             // contiguous; this reader's cursor pins it until consumed.
             let (sender, typ, body) = unsafe {
@@ -602,7 +697,13 @@ impl Queue {
                 )
             };
             if filter.accepts(sender, typ) {
-                break Some(RecordRef { seq, sender, typ, body, end: cur + total });
+                break Some(RecordRef {
+                    seq,
+                    sender,
+                    typ,
+                    body,
+                    end: cur + total,
+                });
             }
             cur += total;
             seq = seq.wrapping_add(1);
@@ -652,7 +753,8 @@ impl Queue {
         );
         if let Ok(m) = self.member(id.slot) {
             m.waits.fetch_add(1, Ordering::Relaxed);
-            m.blocked_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            m.blocked_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         Ok(r?.is_some())
     }
@@ -667,7 +769,10 @@ impl Queue {
     /// Cursor position and next sequence number of a member.
     pub fn position(&self, id: MemberId) -> Result<(u64, u64)> {
         let m = self.member(id.slot)?;
-        Ok((m.cursor.load(Ordering::Relaxed), m.seq.load(Ordering::Relaxed)))
+        Ok((
+            m.cursor.load(Ordering::Relaxed),
+            m.seq.load(Ordering::Relaxed),
+        ))
     }
 
     /// Free bytes right now (as a writer would compute it).
@@ -682,7 +787,10 @@ impl Queue {
     fn min_cursor(&self, tail: u64) -> u64 {
         self.seg
             .members()
-            .filter(|(_, m)| m.state.load(Ordering::Acquire) == M_ACTIVE && m.kind.load(Ordering::Relaxed) == KIND_READER)
+            .filter(|(_, m)| {
+                m.state.load(Ordering::Acquire) == M_ACTIVE
+                    && m.kind.load(Ordering::Relaxed) == KIND_READER
+            })
             .map(|(_, m)| m.cursor.load(Ordering::Acquire).min(tail))
             .min()
             .unwrap_or(tail)
@@ -707,11 +815,23 @@ impl Queue {
                     kind,
                     pid: m.pid.load(Ordering::Relaxed),
                     name: m.name(),
-                    alive: proc::alive(m.pid.load(Ordering::Relaxed), m.start.load(Ordering::Relaxed), u64::MAX),
+                    alive: proc::alive(
+                        m.pid.load(Ordering::Relaxed),
+                        m.start.load(Ordering::Relaxed),
+                        u64::MAX,
+                    ),
                     cursor,
                     next_seq,
-                    lag_messages: if reader { wseq.saturating_sub(next_seq) } else { 0 },
-                    lag_bytes: if reader { tail.saturating_sub(cursor) } else { 0 },
+                    lag_messages: if reader {
+                        wseq.saturating_sub(next_seq)
+                    } else {
+                        0
+                    },
+                    lag_bytes: if reader {
+                        tail.saturating_sub(cursor)
+                    } else {
+                        0
+                    },
                     received: m.received.load(Ordering::Relaxed),
                     sent: m.sent.load(Ordering::Relaxed),
                     waits: m.waits.load(Ordering::Relaxed),
@@ -741,7 +861,9 @@ pub fn remove_if_stale(name: &str) -> bool {
     match segment::inspect(name) {
         Ok(info) if info.is_stale() => segment::unlink(name).is_ok(),
         Ok(_) => false,
-        Err(Error::Corrupt { .. }) if segment::is_abandoned_creation(name) => segment::unlink(name).is_ok(),
+        Err(Error::Corrupt { .. }) if segment::is_abandoned_creation(name) => {
+            segment::unlink(name).is_ok()
+        }
         Err(Error::NotFound(_)) => true,
         Err(_) => false,
     }
@@ -749,7 +871,10 @@ pub fn remove_if_stale(name: &str) -> bool {
 
 /// Remove every ringcast segment whose members are all dead. Returns the names removed.
 pub fn gc() -> Vec<String> {
-    segment::list_names().into_iter().filter(|n| remove_if_stale(n)).collect()
+    segment::list_names()
+        .into_iter()
+        .filter(|n| remove_if_stale(n))
+        .collect()
 }
 
 #[allow(dead_code)]

@@ -218,10 +218,10 @@ impl Geometry {
             return Err(format!("member count {} out of range", self.max_members));
         }
         let min_header = (HEADER_PAGE + MEMBER_BYTES * self.max_members as usize) as u64;
-        if self.header_size < min_header || self.header_size % page != 0 {
+        if self.header_size < min_header || !self.header_size.is_multiple_of(page) {
             return Err(format!("header size {} invalid", self.header_size));
         }
-        if self.ring_size == 0 || self.ring_size % page != 0 || self.ring_size > MAX_RING {
+        if self.ring_size == 0 || !self.ring_size.is_multiple_of(page) || self.ring_size > MAX_RING {
             return Err(format!("ring size {} invalid", self.ring_size));
         }
         if self.header_size.checked_add(self.ring_size) != Some(file_size) {
@@ -320,7 +320,9 @@ impl Segment {
             h.state.store(STATE_OPEN, Ordering::Relaxed);
             let mut statics = [0u8; STATIC_BYTES];
             // SAFETY: the first STATIC_BYTES of the mapping are the header's static fields.
-            unsafe { std::ptr::copy_nonoverlapping(seg.base.as_ptr(), statics.as_mut_ptr(), STATIC_BYTES) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(seg.base.as_ptr(), statics.as_mut_ptr(), STATIC_BYTES)
+            };
             statics[..8].copy_from_slice(&MAGIC.to_ne_bytes());
             h.checksum.store(fnv1a(&statics), Ordering::Relaxed);
             h.magic.store(MAGIC, Ordering::Release);
@@ -342,7 +344,10 @@ impl Segment {
         if geo.kind != kind {
             return Err(Error::corrupt(
                 &bare,
-                format!("it is a segment of kind {} where kind {kind} was expected", geo.kind),
+                format!(
+                    "it is a segment of kind {} where kind {kind} was expected",
+                    geo.kind
+                ),
             ));
         }
         Segment::map(&bare, &fd, geo)
@@ -363,7 +368,14 @@ impl Segment {
             )
             .map_err(|e| Error::os("reserve address space for", name, e))?;
             let rw = ProtFlags::READ | ProtFlags::WRITE;
-            let first = mmap(base, hs + rs, rw, MapFlags::SHARED | MapFlags::FIXED, fd.as_fd(), 0);
+            let first = mmap(
+                base,
+                hs + rs,
+                rw,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd.as_fd(),
+                0,
+            );
             let second = first.and_then(|_| {
                 mmap(
                     (base as *mut u8).add(hs + rs) as *mut c_void,
@@ -410,7 +422,10 @@ impl Segment {
         }
         // SAFETY: in bounds of the member table, which lies inside the header area.
         unsafe {
-            let p = self.base.as_ptr().add(HEADER_PAGE + MEMBER_BYTES * i as usize);
+            let p = self
+                .base
+                .as_ptr()
+                .add(HEADER_PAGE + MEMBER_BYTES * i as usize);
             Some(&*(p as *const Member))
         }
     }
@@ -477,7 +492,9 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 const STATIC_BYTES: usize = 80;
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The static part of a header as read with pread.
@@ -529,7 +546,10 @@ fn read_geometry(name: &str, fd: &OwnedFd, grace: Duration) -> Result<Geometry> 
         };
         let initialising = match raw {
             None => size == 0,
-            Some(r) => r.magic == 0 && (r.creator_pid == 0 || proc::alive(r.creator_pid, r.creator_start, u64::MAX)),
+            Some(r) => {
+                r.magic == 0
+                    && (r.creator_pid == 0 || proc::alive(r.creator_pid, r.creator_start, u64::MAX))
+            }
         };
         if initialising && t0.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(2));
@@ -554,13 +574,21 @@ fn read_geometry(name: &str, fd: &OwnedFd, grace: Duration) -> Result<Geometry> 
         if raw.version != VERSION {
             return Err(Error::corrupt(
                 name,
-                format!("layout version {} (this ringcast reads version {VERSION})", raw.version),
+                format!(
+                    "layout version {} (this ringcast reads version {VERSION})",
+                    raw.version
+                ),
             ));
         }
         if !raw.checksum_ok {
-            return Err(Error::corrupt(name, "header checksum mismatch: the header is damaged"));
+            return Err(Error::corrupt(
+                name,
+                "header checksum mismatch: the header is damaged",
+            ));
         }
-        raw.geo.validate(size).map_err(|why| Error::corrupt(name, why))?;
+        raw.geo
+            .validate(size)
+            .map_err(|why| Error::corrupt(name, why))?;
         return Ok(raw.geo);
     }
 }
@@ -581,8 +609,7 @@ impl SegmentInfo {
         if self.members_alive > 0 {
             return false;
         }
-        let creator_alive =
-            proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
+        let creator_alive = proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
         let age = now_unix_ns().saturating_sub(self.raw.created_unix_ns);
         !creator_alive || age > 5_000_000_000
     }
@@ -612,15 +639,25 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
             dead += 1;
         }
     }
-    Ok(SegmentInfo { name: bare, raw, size: geo.total_size, members_alive: alive, members_dead: dead })
+    Ok(SegmentInfo {
+        name: bare,
+        raw,
+        size: geo.total_size,
+        members_alive: alive,
+        members_dead: dead,
+    })
 }
 
 /// Whether `name` is what a creator killed mid-creation leaves behind: an empty object
 /// older than a few seconds, or a header whose magic was never written and whose recorded
 /// creator is dead. Anything else (including foreign objects) is not touched.
 pub fn is_abandoned_creation(name: &str) -> bool {
-    let Ok(path) = shm_path(name) else { return false };
-    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else { return false };
+    let Ok(path) = shm_path(name) else {
+        return false;
+    };
+    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else {
+        return false;
+    };
     let Ok(st) = fstat(&fd) else { return false };
     if st.st_size == 0 {
         let age = now_unix_ns().saturating_sub((st.st_ctime as u64).saturating_mul(1_000_000_000));
@@ -631,19 +668,25 @@ pub fn is_abandoned_creation(name: &str) -> bool {
         return false;
     }
     let raw = parse_raw(&head);
-    raw.magic == 0 && raw.creator_pid != 0 && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
+    raw.magic == 0
+        && raw.creator_pid != 0
+        && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
 }
 
 /// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).
 pub fn list_names() -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return out };
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return out;
+    };
     for ent in dir.flatten() {
         let Ok(ft) = ent.file_type() else { continue };
         if !ft.is_file() {
             continue;
         }
-        let Some(name) = ent.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
         if name.starts_with("sem.") {
             continue;
         }

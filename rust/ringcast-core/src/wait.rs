@@ -138,7 +138,7 @@ pub fn block_on<T>(
                 return Ok(Some(v));
             }
             i = i.wrapping_add(1);
-            if i % 16 == 0 && (Instant::now() >= spin_end || spec.deadline.expired()) {
+            if i.is_multiple_of(16) && (Instant::now() >= spin_end || spec.deadline.expired()) {
                 break;
             }
         }
@@ -195,9 +195,15 @@ mod tests {
         let word = Arc::new(AtomicU32::new(0));
         let waiters = Arc::new(AtomicU32::new(0));
         let flag = Arc::new(AtomicU32::new(0));
-        let pair = WaitPair { word: &word, waiters: &waiters };
+        let pair = WaitPair {
+            word: &word,
+            waiters: &waiters,
+        };
         let t0 = Instant::now();
-        let spec = WaitSpec { deadline: Deadline::after(Some(Duration::from_millis(30))), spin: Duration::ZERO };
+        let spec = WaitSpec {
+            deadline: Deadline::after(Some(Duration::from_millis(30))),
+            spin: Duration::ZERO,
+        };
         let r: Option<()> = block_on(&pair, spec, || Ok(None), no_check).unwrap();
         assert!(r.is_none());
         assert!(t0.elapsed() >= Duration::from_millis(30));
@@ -207,13 +213,29 @@ mod tests {
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             f2.store(1, Ordering::SeqCst);
-            WaitPair { word: &w2, waiters: &n2 }.notify();
+            WaitPair {
+                word: &w2,
+                waiters: &n2,
+            }
+            .notify();
         });
         let t0 = Instant::now();
-        let spec = WaitSpec { deadline: Deadline(None), spin: Duration::from_micros(5) };
-        let r = block_on(&pair, spec, || Ok((flag.load(Ordering::SeqCst) == 1).then_some(7)), no_check).unwrap();
+        let spec = WaitSpec {
+            deadline: Deadline(None),
+            spin: Duration::from_micros(5),
+        };
+        let r = block_on(
+            &pair,
+            spec,
+            || Ok((flag.load(Ordering::SeqCst) == 1).then_some(7)),
+            no_check,
+        )
+        .unwrap();
         assert_eq!(r, Some(7));
-        assert!(t0.elapsed() < Duration::from_millis(45), "woken promptly, not by a slice");
+        assert!(
+            t0.elapsed() < Duration::from_millis(45),
+            "woken promptly, not by a slice"
+        );
         h.join().unwrap();
     }
 
@@ -221,8 +243,14 @@ mod tests {
     fn on_slice_error_stops_the_wait() {
         let word = AtomicU32::new(0);
         let waiters = AtomicU32::new(0);
-        let pair = WaitPair { word: &word, waiters: &waiters };
-        let spec = WaitSpec { deadline: Deadline(None), spin: Duration::ZERO };
+        let pair = WaitPair {
+            word: &word,
+            waiters: &waiters,
+        };
+        let spec = WaitSpec {
+            deadline: Deadline(None),
+            spin: Duration::ZERO,
+        };
         let r: Result<Option<()>> = block_on(&pair, spec, || Ok(None), || Err(Error::Interrupted));
         assert!(matches!(r, Err(Error::Interrupted)));
     }

@@ -13,7 +13,12 @@ use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, QueueOptions, Wait
 fn uniq(tag: &str) -> String {
     use std::sync::atomic::AtomicU32;
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("rc-test-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "rc-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 struct Cleanup(String);
@@ -24,7 +29,12 @@ impl Drop for Cleanup {
 }
 
 fn opts(capacity: u64, align: u32) -> QueueOptions {
-    QueueOptions { capacity, max_members: 8, align, mode: 0o600 }
+    QueueOptions {
+        capacity,
+        max_members: 8,
+        align,
+        mode: 0o600,
+    }
 }
 
 fn send(q: &Queue, body: &[u8]) -> ringcast_core::Result<u64> {
@@ -47,7 +57,10 @@ fn create_attach_send_recv_and_unlink_at_last_leave() {
     let h = q.join(KIND_HANDLE, b"writer").unwrap();
     let q2 = Queue::attach(&name).unwrap();
     let r = q2.join(KIND_READER, b"reader").unwrap();
-    assert!(matches!(Queue::create(&name, opts(4096, 8)), Err(Error::Exists(_))));
+    assert!(matches!(
+        Queue::create(&name, opts(4096, 8)),
+        Err(Error::Exists(_))
+    ));
     for i in 0..1000u32 {
         send(&q, &i.to_le_bytes()).unwrap();
         assert_eq!(recv(&q2, r).unwrap(), i.to_le_bytes());
@@ -70,16 +83,31 @@ fn full_queue_and_too_large_and_exact_fit() {
     // 16 + 1 + 1 + 82 == 100: exactly the capacity fits in an empty ring.
     send(&q, &[7u8; 82]).unwrap();
     match send(&q, b"") {
-        Err(Error::Full { needed: 18, free: 0 }) => {}
+        Err(Error::Full {
+            needed: 18,
+            free: 0,
+        }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(send(&q, &[0u8; 83]), Err(Error::TooLarge { needed: 101, capacity: 100 })));
+    assert!(matches!(
+        send(&q, &[0u8; 83]),
+        Err(Error::TooLarge {
+            needed: 101,
+            capacity: 100
+        })
+    ));
     assert_eq!(recv(&q, r).unwrap(), vec![7u8; 82]);
     send(&q, &[1u8; 82]).unwrap();
     // a blocked sender times out with Full after its deadline
     let t0 = Instant::now();
-    let spec = WaitSpec { deadline: Deadline::after(Some(Duration::from_millis(60))), spin: Duration::ZERO };
-    assert!(matches!(q.send(b"w", b"t", &[b"x"], spec, &mut no_check), Err(Error::Full { .. })));
+    let spec = WaitSpec {
+        deadline: Deadline::after(Some(Duration::from_millis(60))),
+        spin: Duration::ZERO,
+    };
+    assert!(matches!(
+        q.send(b"w", b"t", &[b"x"], spec, &mut no_check),
+        Err(Error::Full { .. })
+    ));
     assert!(t0.elapsed() >= Duration::from_millis(60));
     let _ = q.leave(r);
 }
@@ -131,7 +159,8 @@ fn a_lock_held_by_a_dead_process_is_recovered() {
     let dead_pid = child.id();
     child.wait().unwrap();
     let h = q.segment().header();
-    h.lock.store((12345u64 << 32) | u64::from(dead_pid), Ordering::SeqCst);
+    h.lock
+        .store((12345u64 << 32) | u64::from(dead_pid), Ordering::SeqCst);
     let t0 = Instant::now();
     send(&q, b"after recovery").unwrap();
     assert!(t0.elapsed() < Duration::from_secs(1));
@@ -145,8 +174,14 @@ fn screening_consumes_screened_records() {
     let _c = Cleanup(name.clone());
     let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let r = q.join(KIND_READER, b"r").unwrap();
-    for (s, t) in [(&b"a"[..], &b"x"[..]), (b"b", b"x"), (b"a", b"y"), (b"c", b"z")] {
-        q.send(s, t, &[b"body"], WaitSpec::nowait(), &mut no_check).unwrap();
+    for (s, t) in [
+        (&b"a"[..], &b"x"[..]),
+        (b"b", b"x"),
+        (b"a", b"y"),
+        (b"c", b"z"),
+    ] {
+        q.send(s, t, &[b"body"], WaitSpec::nowait(), &mut no_check)
+            .unwrap();
     }
     let mut f = Filter::default();
     f.exclude_senders.insert(b"a".to_vec());
@@ -157,7 +192,11 @@ fn screening_consumes_screened_records() {
     f.types = Some([b"z".to_vec()].into_iter().collect());
     let rec = q.next_for(r, &f).unwrap().unwrap();
     assert_eq!(rec.seq, 3);
-    assert_eq!(q.position(r).unwrap().1, 3, "the screened record 2 was consumed");
+    assert_eq!(
+        q.position(r).unwrap().1,
+        3,
+        "the screened record 2 was consumed"
+    );
 }
 
 #[test]
@@ -172,17 +211,29 @@ fn blocked_reader_is_woken_by_a_writer_thread() {
         send(&q2, b"hello").unwrap();
     });
     let t0 = Instant::now();
-    let spec = WaitSpec { deadline: Deadline::after(Some(Duration::from_secs(5))), spin: Duration::ZERO };
-    assert!(q.wait_readable(r, &Filter::default(), spec, &mut no_check).unwrap());
+    let spec = WaitSpec {
+        deadline: Deadline::after(Some(Duration::from_secs(5))),
+        spin: Duration::ZERO,
+    };
+    assert!(q
+        .wait_readable(r, &Filter::default(), spec, &mut no_check)
+        .unwrap());
     assert!(t0.elapsed() < Duration::from_millis(45));
     assert_eq!(recv(&q, r).unwrap(), b"hello");
     t.join().unwrap();
     q.shutdown();
-    assert!(matches!(q.wait_readable(r, &Filter::default(), spec, &mut no_check), Err(Error::ShutDown(_))));
+    assert!(matches!(
+        q.wait_readable(r, &Filter::default(), spec, &mut no_check),
+        Err(Error::ShutDown(_))
+    ));
 }
 
 fn write_raw(name: &str, bytes: &[u8]) -> Cleanup {
-    let mut f = std::fs::OpenOptions::new().create_new(true).write(true).open(format!("/dev/shm/{name}")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap();
     f.write_all(bytes).unwrap();
     Cleanup(name.to_owned())
 }
@@ -194,9 +245,15 @@ fn attaching_to_garbage_is_an_error_not_a_crash() {
     let cases: Vec<Vec<u8>> = vec![
         vec![],
         vec![1, 2, 3],
-        (0..20000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        (0..20000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
         vec![0u8; 8192],
-        b"NOTRCAST".iter().copied().chain(std::iter::repeat_n(0, 8184)).collect(),
+        b"NOTRCAST"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, 8184))
+            .collect(),
     ];
     for (i, bytes) in cases.iter().enumerate() {
         let n = format!("{name}-{i}");
@@ -221,7 +278,10 @@ fn truncated_or_altered_real_segments_are_rejected() {
         let n = format!("{name}-{k}");
         k += 1;
         let _c = write_raw(&n, &bytes);
-        assert!(matches!(Queue::attach(&n), Err(Error::Corrupt { .. })), "accepted altered copy {k}");
+        assert!(
+            matches!(Queue::attach(&n), Err(Error::Corrupt { .. })),
+            "accepted altered copy {k}"
+        );
     };
     for cut in [4096, real.len() - 4096, real.len() - 1] {
         check(real[..cut].to_vec());
@@ -232,7 +292,10 @@ fn truncated_or_altered_real_segments_are_rejected() {
         b[off + 3] ^= 0x11;
         check(b);
     }
-    assert!(matches!(ringcast_core::segment::Segment::attach(&name, 99), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        ringcast_core::segment::Segment::attach(&name, 99),
+        Err(Error::Corrupt { .. })
+    ));
     let _ = KIND_BROADCAST;
 }
 
@@ -246,20 +309,48 @@ fn corrupt_records_and_cursors_are_reported() {
     // a hostile process makes the record claim a huge body
     // SAFETY: test writes into its own mapping.
     unsafe { std::ptr::write_unaligned(q.segment().ring_at(0) as *mut u32, u32::MAX) };
-    assert!(matches!(q.next_for(r, &Filter::default()), Err(Error::Corrupt { .. })));
-    q.segment().member(r.slot).unwrap().cursor.store(1 << 50, Ordering::Relaxed);
-    assert!(matches!(q.next_for(r, &Filter::default()), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        q.next_for(r, &Filter::default()),
+        Err(Error::Corrupt { .. })
+    ));
+    q.segment()
+        .member(r.slot)
+        .unwrap()
+        .cursor
+        .store(1 << 50, Ordering::Relaxed);
+    assert!(matches!(
+        q.next_for(r, &Filter::default()),
+        Err(Error::Corrupt { .. })
+    ));
     let _ = send(&q, &[0u8; 2000]);
-    assert!(matches!(send(&q, &[0u8; 3000]), Err(Error::Corrupt { .. })), "a writer re-reading cursors notices");
+    assert!(
+        matches!(send(&q, &[0u8; 3000]), Err(Error::Corrupt { .. })),
+        "a writer re-reading cursors notices"
+    );
 }
 
 #[test]
 fn bad_arguments() {
-    assert!(matches!(Queue::create("", opts(10, 8)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Queue::create("a/b", opts(10, 8)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Queue::create(&uniq("x"), opts(10, 3)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Queue::create(&uniq("x"), opts(1 << 41, 8)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Queue::attach(&uniq("missing")), Err(Error::NotFound(_))));
+    assert!(matches!(
+        Queue::create("", opts(10, 8)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Queue::create("a/b", opts(10, 8)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Queue::create(&uniq("x"), opts(10, 3)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Queue::create(&uniq("x"), opts(1 << 41, 8)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Queue::attach(&uniq("missing")),
+        Err(Error::NotFound(_))
+    ));
     assert_eq!(record_len(1, 2, 3, 4), 25);
     assert_eq!(record_len(8, 2, 3, 4), 32);
 }

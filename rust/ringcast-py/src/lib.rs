@@ -14,7 +14,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
 use ringcast_core::wait::deadline_from_secs;
-use ringcast_core::{proc, segment, Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec};
+use ringcast_core::{
+    proc, segment, Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec,
+};
 
 use error::{to_pyerr, BResult, BindError};
 
@@ -61,7 +63,10 @@ impl Buf {
             let err = PyErr::take(obj.py()).unwrap_or_else(|| PyTypeError::new_err("no buffer"));
             return Err(PyTypeError::new_err(format!(
                 "expected a bytes-like object (a C-contiguous buffer), got {}: {err}",
-                obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             )));
         }
         Ok(Buf { view })
@@ -237,8 +242,12 @@ struct PyQueue {
 
 fn random_name() -> String {
     let mut b = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    format!("rc_{:016x}", u64::from_ne_bytes(b) ^ u64::from(std::process::id()))
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    format!(
+        "rc_{:016x}",
+        u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+    )
 }
 
 impl PyQueue {
@@ -246,7 +255,10 @@ impl PyQueue {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("BroadcastQueue").into());
         }
-        let mut m = self.member.lock().map_err(|_| Error::Busy("BroadcastQueue"))?;
+        let mut m = self
+            .member
+            .lock()
+            .map_err(|_| Error::Busy("BroadcastQueue"))?;
         if !m.as_ref().is_some_and(|m| m.mine()) {
             // First use in a forked child: join as this process's own member.
             *m = Some(Membership::join(&self.q, KIND_HANDLE, &self.sender)?);
@@ -254,7 +266,10 @@ impl PyQueue {
         Ok(())
     }
     fn spec(&self, d: Deadline) -> WaitSpec {
-        WaitSpec { deadline: d, spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)) }
+        WaitSpec {
+            deadline: d,
+            spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
+        }
     }
     fn build(
         name: Option<String>,
@@ -310,7 +325,12 @@ impl PyQueue {
         mode: u32,
         spin_us: f64,
     ) -> PyResult<Self> {
-        let opts = QueueOptions { capacity, max_members, align: 8, mode };
+        let opts = QueueOptions {
+            capacity,
+            max_members,
+            align: 8,
+            mode,
+        };
         PyQueue::build(name, create, opts, sender, spin_us)
     }
 
@@ -355,7 +375,8 @@ impl PyQueue {
     /// this handle's).
     #[pyo3(signature = (body_len, type_len=0, sender_len=None))]
     fn record_size(&self, body_len: usize, type_len: usize, sender_len: Option<usize>) -> u64 {
-        self.q.record_len(sender_len.unwrap_or(self.sender.len()), type_len, body_len)
+        self.q
+            .record_len(sender_len.unwrap_or(self.sender.len()), type_len, body_len)
     }
 
     /// Send ``data`` (any C-contiguous bytes-like object) with an optional ``type``.
@@ -394,7 +415,13 @@ impl PyQueue {
         let d = deadline(timeout)?;
         // Fast path with the GIL held: small message, room available.
         if body.len() <= 64 * 1024 {
-            match self.q.send(sender, &typ, &[body], WaitSpec::nowait(), &mut ringcast_core::wait::no_check) {
+            match self.q.send(
+                sender,
+                &typ,
+                &[body],
+                WaitSpec::nowait(),
+                &mut ringcast_core::wait::no_check,
+            ) {
                 Ok(seq) => {
                     self.count_sent();
                     return Ok(seq);
@@ -403,18 +430,29 @@ impl PyQueue {
                 Err(e) => return Err(to_pyerr(py, e)),
             }
         }
-        let (s, t, b) = (SendSlice::of(sender), SendSlice::of(&typ), SendSlice::of(body));
+        let (s, t, b) = (
+            SendSlice::of(sender),
+            SendSlice::of(&typ),
+            SendSlice::of(body),
+        );
         let q = Arc::clone(&self.q);
         let spec = self.spec(d);
         // SAFETY: sender, typ and body outlive the call (held by this frame).
-        let seq = blocking(py, move |chk| unsafe { q.send(s.get(), t.get(), &[b.get()], spec, chk) })?;
+        let seq = blocking(py, move |chk| unsafe {
+            q.send(s.get(), t.get(), &[b.get()], spec, chk)
+        })?;
         self.count_sent();
         Ok(seq)
     }
 
     /// ``send(data, type, timeout=0)``: raise ``Full`` at once if there is no room.
     #[pyo3(signature = (data, r#type=None))]
-    fn send_nowait(&self, py: Python<'_>, data: &Bound<'_, PyAny>, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+    fn send_nowait(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        r#type: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
         self.send(py, data, r#type, Some(0.0), None)
     }
 
@@ -459,7 +497,13 @@ impl PyQueue {
         if blocking(py, move |chk| q.wait_for_readers(n, spec, chk))? {
             Ok(())
         } else {
-            Err(to_pyerr(py, Error::Timeout(Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)), "readers to join")))
+            Err(to_pyerr(
+                py,
+                Error::Timeout(
+                    Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
+                    "readers to join",
+                ),
+            ))
         }
     }
 
@@ -493,13 +537,22 @@ impl PyQueue {
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
-    fn __exit__(&self, _t: Option<&Bound<'_, PyAny>>, _v: Option<&Bound<'_, PyAny>>, _tb: Option<&Bound<'_, PyAny>>) -> bool {
+    fn __exit__(
+        &self,
+        _t: Option<&Bound<'_, PyAny>>,
+        _v: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
         self.close();
         false
     }
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;
-        let args = (self.q.name().to_owned(), PyBytes::new(py, &self.sender), self.get_spin_us());
+        let args = (
+            self.q.name().to_owned(),
+            PyBytes::new(py, &self.sender),
+            self.get_spin_us(),
+        );
         (f, args).into_pyobject(py)
     }
     fn __repr__(&self) -> String {
@@ -527,7 +580,13 @@ impl PyQueue {
 #[pyfunction]
 #[pyo3(signature = (name, sender, spin_us=20.0))]
 fn _attach_queue(name: String, sender: &Bound<'_, PyAny>, spin_us: f64) -> PyResult<PyQueue> {
-    PyQueue::build(Some(name), Some(false), QueueOptions::default(), Some(sender), spin_us)
+    PyQueue::build(
+        Some(name),
+        Some(false),
+        QueueOptions::default(),
+        Some(sender),
+        spin_us,
+    )
 }
 
 /// Create or attach a queue with an explicit record alignment (used by the pysyncq layer,
@@ -542,7 +601,12 @@ fn _open_queue(
     sender: Option<&Bound<'_, PyAny>>,
     max_members: u32,
 ) -> PyResult<PyQueue> {
-    let opts = QueueOptions { capacity, max_members, align, mode: 0o600 };
+    let opts = QueueOptions {
+        capacity,
+        max_members,
+        align,
+        mode: 0o600,
+    };
     PyQueue::build(name, create, opts, sender, 20.0)
 }
 
@@ -563,7 +627,14 @@ fn stats_dict<'py>(py: Python<'py>, q: &Queue) -> PyResult<Bound<'py, PyDict>> {
     for m in &s.members {
         let md = PyDict::new(py);
         md.set_item("slot", m.slot)?;
-        md.set_item("kind", if m.kind == KIND_READER { "reader" } else { "handle" })?;
+        md.set_item(
+            "kind",
+            if m.kind == KIND_READER {
+                "reader"
+            } else {
+                "handle"
+            },
+        )?;
         md.set_item("pid", m.pid)?;
         md.set_item("name", String::from_utf8_lossy(&m.name))?;
         md.set_item("alive", m.alive)?;
@@ -618,14 +689,18 @@ impl PyReader {
         if !self.m.mine() {
             return Err(to_pyerr(py, Error::Forked("Reader")));
         }
-        let filter = self.state.try_lock().map_err(|_| to_pyerr(py, Error::Busy("Reader")))?;
+        let filter = self
+            .state
+            .try_lock()
+            .map_err(|_| to_pyerr(py, Error::Busy("Reader")))?;
         let d = deadline(timeout)?;
         let q = &self.m.q;
         let id = self.m.id;
         loop {
             if let Some(rec) = q.next_for(id, &filter).map_err(|e| to_pyerr(py, e))? {
                 let out = build(py, &rec)?;
-                q.consume(id, rec.end, rec.seq).map_err(|e| to_pyerr(py, e))?;
+                q.consume(id, rec.end, rec.seq)
+                    .map_err(|e| to_pyerr(py, e))?;
                 return Ok(Some(out));
             }
             if q.is_shutdown() {
@@ -634,7 +709,10 @@ impl PyReader {
             if d.expired() {
                 return Ok(None);
             }
-            let spec = WaitSpec { deadline: d, spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)) };
+            let spec = WaitSpec {
+                deadline: d,
+                spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
+            };
             let f: &Filter = &filter;
             if !blocking(py, move |chk| q.wait_readable(id, f, spec, chk))? {
                 return Ok(None);
@@ -656,7 +734,11 @@ impl PyReader {
             Some(t) if t > 0.0 => format!("no message within {t} s"),
             _ => "no message available".to_owned(),
         };
-        match py.import("ringcast.errors").and_then(|m| m.getattr("Empty")).and_then(|c| c.call1((msg,))) {
+        match py
+            .import("ringcast.errors")
+            .and_then(|m| m.getattr("Empty"))
+            .and_then(|c| c.call1((msg,)))
+        {
             Ok(e) => PyErr::from_value(e),
             Err(e) => e,
         }
@@ -669,7 +751,8 @@ impl PyReader {
     /// ``queue.Empty``, on timeout, and ``QueueShutDown`` once a shut-down queue is drained).
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Message> {
-        self.recv_with(py, timeout, Self::message)?.ok_or_else(|| Self::empty(py, timeout))
+        self.recv_with(py, timeout, Self::message)?
+            .ok_or_else(|| Self::empty(py, timeout))
     }
 
     /// ``recv(timeout=0)``.
@@ -679,7 +762,11 @@ impl PyReader {
 
     /// Like ``recv`` but return only the body, as bytes.
     #[pyo3(signature = (timeout=None))]
-    fn recv_bytes<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn recv_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         self.recv_with(py, timeout, |py, r| Ok(PyBytes::new(py, r.body)))?
             .ok_or_else(|| Self::empty(py, timeout))
     }
@@ -687,14 +774,21 @@ impl PyReader {
     /// Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then takes
     /// what is already there. Returns a possibly empty list.
     #[pyo3(signature = (max_messages=1024, timeout=0.0))]
-    fn recv_many<'py>(&self, py: Python<'py>, max_messages: usize, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
+    fn recv_many<'py>(
+        &self,
+        py: Python<'py>,
+        max_messages: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         let mut t = timeout;
         while out.len() < max_messages {
             match self.recv_with(py, t, Self::message) {
                 Ok(Some(m)) => out.append(m)?,
                 Ok(None) => break,
-                Err(e) if !out.is_empty() && e.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                Err(e)
+                    if !out.is_empty() && e.is_instance_of::<pyo3::exceptions::PyException>(py) =>
+                {
                     let shut = py.import("ringcast.errors")?.getattr("QueueShutDown")?;
                     if e.is_instance(py, &shut) {
                         break;
@@ -711,7 +805,12 @@ impl PyReader {
     /// pysyncq-style pop: ``(sender, type, body)`` as str (strict UTF-8, checked before the
     /// message is consumed) or bytes, or ``None`` on timeout.
     #[pyo3(signature = (timeout, decode))]
-    fn _pop<'py>(&self, py: Python<'py>, timeout: Option<f64>, decode: bool) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn _pop<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        decode: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.recv_with(py, timeout, |py, r| {
             if decode {
                 let parts = [r.sender, r.typ, r.body];
@@ -738,10 +837,17 @@ impl PyReader {
     }
 
     /// Replace the screens: messages whose sender or type is in these sets are skipped.
-    fn _set_screens(&self, exclude_senders: &Bound<'_, PyAny>, exclude_types: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn _set_screens(
+        &self,
+        exclude_senders: &Bound<'_, PyAny>,
+        exclude_types: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let es = byte_set(Some(exclude_senders), "exclude_senders")?.unwrap_or_default();
         let et = byte_set(Some(exclude_types), "exclude_types")?.unwrap_or_default();
-        let mut f = self.state.try_lock().map_err(|_| to_pyerr_now(Error::Busy("Reader")))?;
+        let mut f = self
+            .state
+            .try_lock()
+            .map_err(|_| to_pyerr_now(Error::Busy("Reader")))?;
         f.exclude_senders = es;
         f.exclude_types = et;
         Ok(())
@@ -776,7 +882,12 @@ impl PyReader {
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
-    fn __exit__(&self, _t: Option<&Bound<'_, PyAny>>, _v: Option<&Bound<'_, PyAny>>, _tb: Option<&Bound<'_, PyAny>>) -> bool {
+    fn __exit__(
+        &self,
+        _t: Option<&Bound<'_, PyAny>>,
+        _v: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
         self.close();
         false
     }
@@ -803,7 +914,12 @@ impl PyReader {
         ))
     }
     fn __repr__(&self) -> String {
-        format!("Reader(queue={:?}, slot={}{})", self.m.q.name(), self.m.id.slot, if self.closed() { ", closed" } else { "" })
+        format!(
+            "Reader(queue={:?}, slot={}{})",
+            self.m.q.name(),
+            self.m.id.slot,
+            if self.closed() { ", closed" } else { "" }
+        )
     }
 }
 
@@ -870,8 +986,14 @@ fn record_size(body_len: usize, type_len: usize, sender_len: usize, align: u32) 
 /// Leave every queue and reader this process still holds (run at interpreter exit).
 #[pyfunction]
 fn _close_all() -> usize {
-    let list: Vec<_> = REGISTRY.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
-    list.iter().filter_map(Weak::upgrade).filter(|m| m.leave()).count()
+    let list: Vec<_> = REGISTRY
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|m| m.leave())
+        .count()
 }
 
 #[pymodule]
