@@ -246,6 +246,50 @@ def test_ctrl_c_interrupts_a_blocked_send(shm_name):
         timer.join()
 
 
+LOCK_OFFSET = 216  # Header.lock (see rust/ringcast-core/src/segment.rs)
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def test_lock_held_by_a_live_process_times_out_without_holding_the_gil(shm_name):
+    import mmap
+    import struct
+    import subprocess
+
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        with BroadcastQueue(shm_name, create=True) as q, q.reader() as r:
+            with open(f"/dev/shm/{shm_name}", "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
+                token = ((_start_time(owner.pid) & 0xFFFFFFFF) << 32) | owner.pid
+                struct.pack_into("<Q", m, LOCK_OFFSET, token)
+                ticks = []
+                stop = threading.Event()
+                t = threading.Thread(
+                    target=lambda: [
+                        ticks.append(time.sleep(0.001)) for _ in iter(stop.is_set, True)
+                    ]
+                )
+                t.start()
+                t0 = time.monotonic()
+                with pytest.raises(ringcast.Timeout, match="writer lock"):
+                    q.send(b"x", timeout=0.3)
+                took = time.monotonic() - t0
+                stop.set()
+                t.join(5)
+                assert 0.25 < took < 1.5 and len(ticks) > 50
+                owner.kill()
+                owner.wait(10)
+                q.send(b"after the owner died", timeout=5)
+                assert r.recv(timeout=1).body == b"after the owner died"
+                assert q.stats()["lock_recoveries"] == 1
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
 def test_reader_used_from_two_threads_raises_busy(shm_name):
     with BroadcastQueue(shm_name, create=True) as q, q.reader() as r:
         t = threading.Thread(target=lambda: pytest.raises(ringcast.Empty, r.recv, timeout=0.5))
@@ -336,13 +380,17 @@ def test_fork_child_inherits_queue_handle_but_not_reader(shm_name):
         except ringcast.ForkedHandle:
             results.put("forked reader refused")
         q.send(b"from child")
+        results.put(q.sender)
         q.close()
 
     with BroadcastQueue(shm_name, create=True) as q, q.reader() as r:
         p = ctx.Process(target=child, args=(q, r))
         p.start()
         assert results.get(timeout=10) == "forked reader refused"
-        assert r.recv(timeout=10).body == b"from child"
+        m = r.recv(timeout=10)
+        assert m.body == b"from child"
+        # without an explicit sender, each process sends as its own pid
+        assert m.sender == results.get(timeout=10) == str(p.pid) != q.sender
         p.join(10)
         assert p.exitcode == 0
 
@@ -417,6 +465,15 @@ def test_stale_segment_is_replaced_and_gc(shm_name):
     assert shm_name in [s["name"] for s in ringcast.segments()]
     assert shm_name in ringcast.gc()
     assert not os.path.exists(f"/dev/shm/{shm_name}")
+
+
+def test_record_size():
+    assert ringcast.record_size(4, 3, 2, align=1) == 16 + 2 + 3 + 4
+    assert ringcast.record_size(4, 3, 2) == 24 + 8
+    assert ringcast.record_size(0) == 16
+    for bad in (0, 3, 16):
+        with pytest.raises(ringcast.InvalidArgument, match="align"):
+            ringcast.record_size(1, align=bad)
 
 
 def test_exception_hierarchy():

@@ -244,6 +244,18 @@ impl Queue {
         spec: WaitSpec,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<LockGuard<'_>> {
+        self.lock_with(spec, true, on_slice)
+    }
+
+    /// Take the writer lock. With `grace`, a caller that does not want to wait still waits a
+    /// short while (lock holds are short, and a dead owner takes a slice to detect); without
+    /// it a busy lock fails at once with [`Error::Busy`].
+    fn lock_with(
+        &self,
+        spec: WaitSpec,
+        grace: bool,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<LockGuard<'_>> {
         let h = self.header();
         let me = proc::current().token();
         if h.lock
@@ -256,7 +268,14 @@ impl Queue {
         let mut last_check = started;
         // Lock holds are short, so even a caller that does not want to wait gets a grace
         // period (long enough to recover the lock from a dead owner).
-        let deadline = Deadline(spec.deadline.0.map(|d| d.max(started + LOCK_GRACE)));
+        if !grace && spec.deadline.expired() {
+            return Err(Error::Busy("writer lock"));
+        }
+        let deadline = if spec.deadline.expired() {
+            Deadline(Some(started + LOCK_GRACE))
+        } else {
+            spec.deadline
+        };
         let spec = WaitSpec {
             deadline,
             spin: Duration::from_micros(20),
@@ -499,6 +518,26 @@ impl Queue {
         spec: WaitSpec,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<u64> {
+        self.send_inner(sender, typ, body, spec, true, on_slice)
+    }
+
+    /// Append without any waiting at all, not even for a busy writer lock: fails with
+    /// [`Error::Full`] when there is no room and [`Error::Busy`] when another writer holds
+    /// the lock (callers that hold an interpreter lock use this, then wait without it).
+    pub fn try_send(&self, sender: &[u8], typ: &[u8], body: &[&[u8]]) -> Result<u64> {
+        let spec = WaitSpec::nowait();
+        self.send_inner(sender, typ, body, spec, false, &mut crate::wait::no_check)
+    }
+
+    fn send_inner(
+        &self,
+        sender: &[u8],
+        typ: &[u8],
+        body: &[&[u8]],
+        spec: WaitSpec,
+        grace: bool,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<u64> {
         if sender.len() > u16::MAX as usize || typ.len() > u16::MAX as usize {
             return Err(Error::InvalidArgument(format!(
                 "sender and type are limited to {} bytes each (got {} and {})",
@@ -532,7 +571,7 @@ impl Queue {
         let t0 = Instant::now();
         let lock_spec = spec;
         let mut attempt = |on_slice: &mut dyn FnMut() -> Result<()>| -> Result<Option<u64>> {
-            let _g = self.lock(lock_spec, on_slice)?;
+            let _g = self.lock_with(lock_spec, grace, on_slice)?;
             let tail = h.tail.load(Ordering::Acquire);
             let mut head = h.head_hint.load(Ordering::Relaxed);
             if head > tail || tail - head > cap {
@@ -550,7 +589,7 @@ impl Queue {
                 }
                 if tail - head + n > cap {
                     free_seen = cap - (tail - head);
-                    if !full_counted {
+                    if grace && !full_counted {
                         full_counted = true;
                         h.space_wait.events.fetch_add(1, Ordering::Relaxed);
                     }
@@ -773,6 +812,11 @@ impl Queue {
             m.cursor.load(Ordering::Relaxed),
             m.seq.load(Ordering::Relaxed),
         ))
+    }
+
+    /// Number of messages ever written (the next message's sequence number).
+    pub fn write_seq(&self) -> u64 {
+        self.header().write_seq.load(Ordering::Acquire)
     }
 
     /// Free bytes right now (as a writer would compute it).

@@ -221,7 +221,8 @@ impl Geometry {
         if self.header_size < min_header || !self.header_size.is_multiple_of(page) {
             return Err(format!("header size {} invalid", self.header_size));
         }
-        if self.ring_size == 0 || !self.ring_size.is_multiple_of(page) || self.ring_size > MAX_RING {
+        if self.ring_size == 0 || !self.ring_size.is_multiple_of(page) || self.ring_size > MAX_RING
+        {
             return Err(format!("ring size {} invalid", self.ring_size));
         }
         if self.header_size.checked_add(self.ring_size) != Some(file_size) {
@@ -306,6 +307,8 @@ impl Segment {
             let seg = Segment::map(&bare, &fd, geo)?;
             let h = seg.header();
             let me = proc::current();
+            h.creator_pid.store(me.pid, Ordering::Relaxed);
+            h.creator_start.store(me.start, Ordering::Relaxed);
             h.version.store(VERSION, Ordering::Relaxed);
             h.kind.store(geo.kind, Ordering::Relaxed);
             h.total_size.store(geo.total_size, Ordering::Relaxed);
@@ -314,8 +317,6 @@ impl Segment {
             h.capacity.store(geo.capacity, Ordering::Relaxed);
             h.max_members.store(geo.max_members, Ordering::Relaxed);
             h.align.store(geo.align, Ordering::Relaxed);
-            h.creator_pid.store(me.pid, Ordering::Relaxed);
-            h.creator_start.store(me.start, Ordering::Relaxed);
             h.created_unix_ns.store(now_unix_ns(), Ordering::Relaxed);
             h.state.store(STATE_OPEN, Ordering::Relaxed);
             let mut statics = [0u8; STATIC_BYTES];
@@ -508,6 +509,9 @@ pub struct RawHeader {
     pub created_unix_ns: u64,
     pub state: u32,
     pub checksum_ok: bool,
+    /// The checksum matches once the magic is put in place (a creation that died just
+    /// before writing the magic).
+    pub sealed_without_magic: bool,
 }
 
 fn parse_raw(b: &[u8]) -> RawHeader {
@@ -528,6 +532,12 @@ fn parse_raw(b: &[u8]) -> RawHeader {
         created_unix_ns: u64_at(b, 72),
         state: u32_at(b, 128),
         checksum_ok: fnv1a(&b[..STATIC_BYTES]) == u64_at(b, STATIC_BYTES),
+        sealed_without_magic: {
+            let mut st = [0u8; STATIC_BYTES];
+            st.copy_from_slice(&b[..STATIC_BYTES]);
+            st[..8].copy_from_slice(&MAGIC.to_ne_bytes());
+            fnv1a(&st) == u64_at(b, STATIC_BYTES)
+        },
     }
 }
 
@@ -546,9 +556,11 @@ fn read_geometry(name: &str, fd: &OwnedFd, grace: Duration) -> Result<Geometry> 
         };
         let initialising = match raw {
             None => size == 0,
+            // A live creator is still writing the header (it writes its pid first).
             Some(r) => {
                 r.magic == 0
-                    && (r.creator_pid == 0 || proc::alive(r.creator_pid, r.creator_start, u64::MAX))
+                    && r.creator_pid != 0
+                    && proc::alive(r.creator_pid, r.creator_start, u64::MAX)
             }
         };
         if initialising && t0.elapsed() < grace {
@@ -659,16 +671,16 @@ pub fn is_abandoned_creation(name: &str) -> bool {
         return false;
     };
     let Ok(st) = fstat(&fd) else { return false };
-    if st.st_size == 0 {
-        let age = now_unix_ns().saturating_sub((st.st_ctime as u64).saturating_mul(1_000_000_000));
-        return age > 5_000_000_000;
-    }
     let mut head = [0u8; 192];
     if (st.st_size as u64) < HEADER_PAGE as u64 || read_exact_at(&fd, &mut head, 0).is_err() {
         return false;
     }
     let raw = parse_raw(&head);
+    // A creator writes every static field and the checksum (computed with the magic in
+    // place) before the magic itself: only an object whose fields check out that way, and
+    // whose creator is dead, is a ringcast creation that died half-way.
     raw.magic == 0
+        && raw.sealed_without_magic
         && raw.creator_pid != 0
         && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
 }

@@ -153,6 +153,8 @@ fn to_pyerr_now(e: Error) -> PyErr {
 struct Membership {
     q: Arc<Queue>,
     id: MemberId,
+    /// The member's name (for a queue handle: the sender stamped on its messages).
+    name: Vec<u8>,
     fork_gen: u64,
     left: AtomicBool,
 }
@@ -165,6 +167,7 @@ impl Membership {
         let m = Arc::new(Membership {
             q: Arc::clone(q),
             id,
+            name: name.to_vec(),
             fork_gen: proc::fork_generation(),
             left: AtomicBool::new(false),
         });
@@ -235,7 +238,8 @@ impl Message {
 struct PyQueue {
     q: Arc<Queue>,
     member: Mutex<Option<Arc<Membership>>>,
-    sender: Vec<u8>,
+    /// The sender given by the user; without one, each process sends as its pid.
+    explicit_sender: Option<Vec<u8>>,
     spin_ns: AtomicU64,
     closed: AtomicBool,
 }
@@ -251,7 +255,9 @@ fn random_name() -> String {
 }
 
 impl PyQueue {
-    fn alive(&self) -> BResult<()> {
+    /// This process's membership (joined on first use in a forked child), or an error if
+    /// the handle is closed.
+    fn alive(&self) -> BResult<Arc<Membership>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("BroadcastQueue").into());
         }
@@ -259,11 +265,19 @@ impl PyQueue {
             .member
             .lock()
             .map_err(|_| Error::Busy("BroadcastQueue"))?;
-        if !m.as_ref().is_some_and(|m| m.mine()) {
-            // First use in a forked child: join as this process's own member.
-            *m = Some(Membership::join(&self.q, KIND_HANDLE, &self.sender)?);
+        match m.as_ref() {
+            Some(m) if m.mine() => Ok(Arc::clone(m)),
+            _ => {
+                let joined = Membership::join(&self.q, KIND_HANDLE, &self.default_sender())?;
+                *m = Some(Arc::clone(&joined));
+                Ok(joined)
+            }
         }
-        Ok(())
+    }
+    fn default_sender(&self) -> Vec<u8> {
+        self.explicit_sender
+            .clone()
+            .unwrap_or_else(|| proc::current().pid.to_string().into_bytes())
     }
     fn spec(&self, d: Deadline) -> WaitSpec {
         WaitSpec {
@@ -279,9 +293,9 @@ impl PyQueue {
         spin_us: f64,
     ) -> PyResult<PyQueue> {
         let spin_ns = spin_from_us(spin_us)?;
-        let sender = match sender {
-            Some(s) if !s.is_none() => text_or_bytes(s, "sender")?,
-            _ => std::process::id().to_string().into_bytes(),
+        let explicit_sender = match sender {
+            Some(s) if !s.is_none() => Some(text_or_bytes(s, "sender")?),
+            _ => None,
         };
         let q = match (name, create) {
             (None, Some(false)) => {
@@ -295,11 +309,14 @@ impl PyQueue {
             (Some(n), None) => Queue::open(&n, opts),
         }
         .map_err(to_pyerr_now)?;
+        let sender = explicit_sender
+            .clone()
+            .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
         let member = Membership::join(&q, KIND_HANDLE, &sender).map_err(to_pyerr_now)?;
         Ok(PyQueue {
             q,
             member: Mutex::new(Some(member)),
-            sender,
+            explicit_sender,
             spin_ns: AtomicU64::new(spin_ns),
             closed: AtomicBool::new(false),
         })
@@ -315,7 +332,7 @@ impl PyQueue {
     /// ``False`` attaches (``SegmentNotFound`` if missing). ``capacity`` is the byte budget
     /// of the ring (see ``record_size`` for the cost of one message).
     #[new]
-    #[pyo3(signature = (name=None, *, create=None, capacity=1<<20, max_members=64, sender=None, mode=0o600, spin_us=20.0))]
+    #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0))]
     fn new(
         name: Option<String>,
         create: Option<bool>,
@@ -347,7 +364,12 @@ impl PyQueue {
     /// The sender name stamped on messages sent through this handle.
     #[getter]
     fn sender(&self) -> String {
-        String::from_utf8_lossy(&self.sender).into_owned()
+        let m = self.member.lock().ok().and_then(|m| m.clone());
+        let name = match m {
+            Some(m) if m.mine() => m.name.clone(),
+            _ => self.default_sender(),
+        };
+        String::from_utf8_lossy(&name).into_owned()
     }
     /// Whether ``close()`` was called.
     #[getter]
@@ -375,8 +397,11 @@ impl PyQueue {
     /// this handle's).
     #[pyo3(signature = (body_len, type_len=0, sender_len=None))]
     fn record_size(&self, body_len: usize, type_len: usize, sender_len: Option<usize>) -> u64 {
-        self.q
-            .record_len(sender_len.unwrap_or(self.sender.len()), type_len, body_len)
+        self.q.record_len(
+            sender_len.unwrap_or_else(|| self.sender().len()),
+            type_len,
+            body_len,
+        )
     }
 
     /// Send ``data`` (any C-contiguous bytes-like object) with an optional ``type``.
@@ -392,7 +417,7 @@ impl PyQueue {
         timeout: Option<f64>,
         sender: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
-        self.alive()?;
+        let m = self.alive()?;
         let typ = match r#type {
             Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
             _ => Vec::new(),
@@ -403,7 +428,7 @@ impl PyQueue {
                 own_sender = text_or_bytes(s, "sender")?;
                 &own_sender
             }
-            _ => &self.sender,
+            _ => &m.name,
         };
         let buf;
         let body: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
@@ -413,20 +438,15 @@ impl PyQueue {
             buf.as_slice()
         };
         let d = deadline(timeout)?;
-        // Fast path with the GIL held: small message, room available.
+        // Fast path with the GIL held: small message, room available, lock free. Anything
+        // that would wait (a full ring, a busy lock) goes to the path that releases the GIL.
         if body.len() <= 64 * 1024 {
-            match self.q.send(
-                sender,
-                &typ,
-                &[body],
-                WaitSpec::nowait(),
-                &mut ringcast_core::wait::no_check,
-            ) {
+            match self.q.try_send(sender, &typ, &[body]) {
                 Ok(seq) => {
-                    self.count_sent();
+                    self.q.count_sent(m.id);
                     return Ok(seq);
                 }
-                Err(Error::Full { .. }) if !d.expired() => {}
+                Err(Error::Full { .. } | Error::Busy(_)) => {}
                 Err(e) => return Err(to_pyerr(py, e)),
             }
         }
@@ -441,7 +461,7 @@ impl PyQueue {
         let seq = blocking(py, move |chk| unsafe {
             q.send(s.get(), t.get(), &[b.get()], spec, chk)
         })?;
-        self.count_sent();
+        self.q.count_sent(m.id);
         Ok(seq)
     }
 
@@ -461,13 +481,14 @@ impl PyQueue {
     #[pyo3(signature = (*, name=None, senders=None, types=None, exclude_senders=None, exclude_types=None))]
     fn reader(
         &self,
+        py: Python<'_>,
         name: Option<&Bound<'_, PyAny>>,
         senders: Option<&Bound<'_, PyAny>>,
         types: Option<&Bound<'_, PyAny>>,
         exclude_senders: Option<&Bound<'_, PyAny>>,
         exclude_types: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyReader> {
-        self.alive()?;
+        let me = self.alive()?;
         let filter = Filter {
             senders: byte_set(senders, "senders")?,
             types: byte_set(types, "types")?,
@@ -476,9 +497,12 @@ impl PyQueue {
         };
         let name = match name {
             Some(n) if !n.is_none() => text_or_bytes(n, "name")?,
-            _ => self.sender.clone(),
+            _ => me.name.clone(),
         };
-        let m = Membership::join(&self.q, KIND_READER, &name).map_err(to_pyerr_now)?;
+        let q = Arc::clone(&self.q);
+        let m = py
+            .detach(move || Membership::join(&q, KIND_READER, &name))
+            .map_err(to_pyerr_now)?;
         Ok(PyReader {
             m,
             state: Mutex::new(filter),
@@ -523,14 +547,13 @@ impl PyQueue {
     }
 
     /// Leave the queue. The segment is removed when its last member leaves.
-    fn close(&self) {
+    fn close(&self, py: Python<'_>) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Ok(mut m) = self.member.lock() {
-            if let Some(m) = m.take() {
-                m.leave();
-            }
+        let m = self.member.lock().ok().and_then(|mut m| m.take());
+        if let Some(m) = m {
+            py.detach(move || m.leave());
         }
     }
 
@@ -539,20 +562,18 @@ impl PyQueue {
     }
     fn __exit__(
         &self,
+        py: Python<'_>,
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> bool {
-        self.close();
+        self.close(py);
         false
     }
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;
-        let args = (
-            self.q.name().to_owned(),
-            PyBytes::new(py, &self.sender),
-            self.get_spin_us(),
-        );
+        let sender = self.explicit_sender.as_ref().map(|s| PyBytes::new(py, s));
+        let args = (self.q.name().to_owned(), sender, self.get_spin_us());
         (f, args).into_pyobject(py)
     }
     fn __repr__(&self) -> String {
@@ -566,25 +587,19 @@ impl PyQueue {
     }
 }
 
-impl PyQueue {
-    fn count_sent(&self) {
-        if let Ok(m) = self.member.lock() {
-            if let Some(m) = m.as_ref() {
-                self.q.count_sent(m.id);
-            }
-        }
-    }
-}
-
 /// Attach to a queue by name (what unpickling a BroadcastQueue does).
 #[pyfunction]
-#[pyo3(signature = (name, sender, spin_us=20.0))]
-fn _attach_queue(name: String, sender: &Bound<'_, PyAny>, spin_us: f64) -> PyResult<PyQueue> {
+#[pyo3(signature = (name, sender=None, spin_us=20.0))]
+fn _attach_queue(
+    name: String,
+    sender: Option<&Bound<'_, PyAny>>,
+    spin_us: f64,
+) -> PyResult<PyQueue> {
     PyQueue::build(
         Some(name),
         Some(false),
         QueueOptions::default(),
-        Some(sender),
+        sender,
         spin_us,
     )
 }
@@ -592,7 +607,7 @@ fn _attach_queue(name: String, sender: &Bound<'_, PyAny>, spin_us: f64) -> PyRes
 /// Create or attach a queue with an explicit record alignment (used by the pysyncq layer,
 /// which needs byte-exact accounting: ``align=1``).
 #[pyfunction]
-#[pyo3(signature = (name, create, capacity, align, sender=None, max_members=64))]
+#[pyo3(signature = (name, create, capacity, align, sender=None, max_members=512))]
 fn _open_queue(
     name: Option<String>,
     create: Option<bool>,
@@ -863,7 +878,7 @@ impl PyReader {
     #[getter]
     fn lag(&self) -> PyResult<u64> {
         let (_, seq) = self.position()?;
-        Ok(self.m.q.stats().write_seq.saturating_sub(seq))
+        Ok(self.m.q.write_seq().saturating_sub(seq))
     }
 
     /// Whether ``close()`` was called.
@@ -873,9 +888,10 @@ impl PyReader {
     }
 
     /// Leave: this reader no longer holds back writers.
-    fn close(&self) {
+    fn close(&self, py: Python<'_>) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            self.m.leave();
+            let m = Arc::clone(&self.m);
+            py.detach(move || m.leave());
         }
     }
 
@@ -884,11 +900,12 @@ impl PyReader {
     }
     fn __exit__(
         &self,
+        py: Python<'_>,
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> bool {
-        self.close();
+        self.close(py);
         false
     }
     fn __iter__(slf: Py<Self>) -> Py<Self> {
@@ -979,21 +996,30 @@ fn unlink(py: Python<'_>, name: &str) -> PyResult<()> {
 /// Capacity cost in bytes of a message (``align`` 8 for BroadcastQueue, 1 for PySyncQ).
 #[pyfunction]
 #[pyo3(signature = (body_len, type_len=0, sender_len=0, align=8))]
-fn record_size(body_len: usize, type_len: usize, sender_len: usize, align: u32) -> u64 {
-    ringcast_core::queue::record_len(align, sender_len, type_len, body_len)
+fn record_size(body_len: usize, type_len: usize, sender_len: usize, align: u32) -> PyResult<u64> {
+    if !matches!(align, 1 | 8 | 64) {
+        return Err(to_pyerr_now(Error::InvalidArgument(format!(
+            "align must be 1, 8 or 64, got {align}"
+        ))));
+    }
+    Ok(ringcast_core::queue::record_len(
+        align, sender_len, type_len, body_len,
+    ))
 }
 
 /// Leave every queue and reader this process still holds (run at interpreter exit).
 #[pyfunction]
-fn _close_all() -> usize {
+fn _close_all(py: Python<'_>) -> usize {
     let list: Vec<_> = REGISTRY
         .lock()
         .map(|mut r| std::mem::take(&mut *r))
         .unwrap_or_default();
-    list.iter()
-        .filter_map(Weak::upgrade)
-        .filter(|m| m.leave())
-        .count()
+    py.detach(move || {
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| m.leave())
+            .count()
+    })
 }
 
 #[pymodule]
