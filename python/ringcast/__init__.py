@@ -71,8 +71,17 @@ __all__ = [
     "RingcastOSError",
 ]
 
+
 # Leave every queue still held when the interpreter exits, so the last one out removes the
-# segment. atexit covers normal exits; multiprocessing children end with os._exit after
-# running multiprocessing's own finalizers, which this registration covers.
+# segment. atexit covers normal exits. multiprocessing children end with os._exit after running
+# multiprocessing's finalizers; a fork or forkserver child starts with that registry cleared,
+# so the finalizer is registered again after every fork.
+class _ExitHook:
+    def install(self) -> None:
+        _mp_util.Finalize(None, _close_all, exitpriority=-100)
+
+
+_exit_hook = _ExitHook()
 _atexit.register(_close_all)
-_mp_util.Finalize(None, _close_all, exitpriority=-100)
+_exit_hook.install()
+_mp_util.register_after_fork(_exit_hook, _ExitHook.install)

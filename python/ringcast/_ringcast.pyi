@@ -200,9 +200,7 @@ class Reader:
         """``recv(timeout=0)``."""
     def recv_bytes(self, timeout: Optional[float] = None) -> bytes:
         """Like ``recv`` but return only the body."""
-    def recv_many(
-        self, max_messages: int = 1024, timeout: Optional[float] = 0.0
-    ) -> list[Message]:
+    def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = 0.0) -> list[Message]:
         """Up to ``max_messages`` messages: wait up to ``timeout`` for the first, then take what is there."""
     def _pop(
         self, timeout: Optional[float], decode: bool
@@ -258,9 +256,7 @@ def gc() -> list[str]:
 def unlink(name: str) -> None:
     """Remove a segment name now (processes that have it mapped keep using it)."""
 
-def record_size(
-    body_len: int, type_len: int = 0, sender_len: int = 0, align: int = 8
-) -> int:
+def record_size(body_len: int, type_len: int = 0, sender_len: int = 0, align: int = 8) -> int:
     """Capacity cost in bytes of a message (``align`` 8 for BroadcastQueue, 1 for PySyncQ)."""
 
 def _close_all() -> int:

@@ -7,8 +7,11 @@ fixed; ``docs/migrating-from-pysyncq.md`` lists every difference.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
@@ -19,13 +22,21 @@ from ..errors import (
     InvalidArgument,
     MessageTooLarge,
     RingcastError,
+    Timeout,
 )
 from . import header
 from .header import defsize, maxshmemory, qset
 
+_getpid = os.getpid
+
 __all__ = ["PySyncQ", "qset", "header", "QueueMemoryError", "NotOpenError"]
 
 Msg = tuple[Union[str, bytes], Union[str, bytes], Union[str, bytes]]
+
+#: A blocking pop waits in slices of at most this many seconds, releasing the instance's
+#: lock between slices: pysyncq's condition lock is released while a pop waits, so other
+#: threads sharing the object can pop (or change the screens) meanwhile.
+_POP_SLICE = 0.05
 
 
 class QueueMemoryError(RingcastError, MemoryError):
@@ -83,7 +94,14 @@ class PySyncQ:
         self._scrntype = qset()
         self._reader: Any = None
         self._pid = 0
-        self._pushed: Optional[tuple[int, int, int, int]] = None
+        # The screening sets last pushed to the reader, with their versions. The objects
+        # themselves are kept (not their ids): a freed set's id can be reused by a new one.
+        self._pushed: Optional[tuple[qset, int, qset, int]] = None
+        # (i, slno) when the queue was closed, so str(q) keeps showing them afterwards.
+        self._last_pos = (0, 0)
+        # Serialises this object's reader between threads (the core's reader refuses
+        # concurrent use with HandleBusy); see _POP_SLICE.
+        self._lock = threading.RLock()
         if not isinstance(size, int):
             raise TypeError(f"'size' must be an integer, not {type(size).__name__}")
         if size == 0:
@@ -136,7 +154,7 @@ class PySyncQ:
     def i(self) -> int:
         """Read position: byte offset of the next message inside the ring."""
         if not self._opened():
-            return 0
+            return self._last_pos[0]
         cap = self.size - header.queue_header_bytes
         return self._reader.position[0] % cap if cap else 0
 
@@ -144,7 +162,7 @@ class PySyncQ:
     def slno(self) -> int:
         """Serial number of the next message this instance reads (mod 2**64)."""
         if not self._opened():
-            return 0
+            return self._last_pos[1]
         return self._reader.position[1] % 2**64
 
     # ---------------------------------------------------------------- lifecycle
@@ -176,6 +194,7 @@ class PySyncQ:
         self.sender = sender.encode()
         if filtself:
             self._scrnsend.add(self.sender)
+        self._lock = threading.RLock()  # a fresh one per process (fork copies the state)
         self._reader = self._q.reader(name=self.sender)
         self._pid = os.getpid()
         self._pushed = None
@@ -185,13 +204,27 @@ class PySyncQ:
         process to close removes the shared memory. Calling it again does nothing."""
         if self.shm is None:
             return
-        if self._opened():
-            self._reader.close()
-        self._reader = None
-        if self._q is not None:
-            self._q.close()
-        self._q = None
-        self.shm = None
+        # Let a pop in another thread finish its slice (bounded: never hang in close). An
+        # object not opened in this process has no reader to protect (and a forked copy of
+        # the lock may be held by a thread that does not exist here).
+        locked = self._lock.acquire(timeout=1.0) if self._opened() else False
+        try:
+            if self.shm is None:
+                return
+            if self._opened():
+                try:
+                    self._last_pos = (self.i, self.slno)
+                except Exception:
+                    pass
+                self._reader.close()
+            self._reader = None
+            if self._q is not None:
+                self._q.close()
+            self._q = None
+            self.shm = None
+        finally:
+            if locked:
+                self._lock.release()
 
     def __del__(self) -> None:
         try:
@@ -204,21 +237,21 @@ class PySyncQ:
         state["_reader"] = None
         state["_pid"] = 0
         state["_pushed"] = None
+        del state["_lock"]
         if self._q is None:
             raise HandleClosed("a closed PySyncQ cannot be sent to another process")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- traffic
 
     def _need_open(self, what: str) -> None:
         self._live(what)
         if not self._opened():
-            raise NotOpenError(
-                f"{what} before open(): call q.open(sender) in this process first"
-            )
+            raise NotOpenError(f"{what} before open(): call q.open(sender) in this process first")
 
     def append(
         self,
@@ -235,11 +268,17 @@ class PySyncQ:
         """
         t = _encode(msgtype)
         b = _encode(msg)
-        self._need_open("append()")
+        if self._reader is None or self._pid != _getpid() or self._q is None:
+            self._need_open("append()")
         if not block:
             timeout: Optional[float] = 0.0
         else:
             timeout = None if timer is None else max(float(timer), 0.0)
+        n = 16 + len(self.sender or b"") + len(t) + len(b)  # header.message_header_bytes
+        if n > self.size - 40:  # header.queue_header_bytes
+            # Can never fit: fail at once (pysyncq waited; D6), and before the core's own
+            # field-size checks, so an oversized type still raises MemoryError as in pysyncq.
+            raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.")
         try:
             self._q.send(b, t, timeout=timeout, sender=self.sender)
         except Full as e:
@@ -248,13 +287,18 @@ class PySyncQ:
             raise QueueMemoryError(
                 f"{e.needed} byte message > {self._q.free_bytes} free bytes."
             ) from None
+        except Timeout:
+            # The timer ran out while waiting for another writer's lock: in pysyncq's terms
+            # the message did not get room in time.
+            raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.") from None
 
     def _sync_screens(self) -> None:
         s, t = self._scrnsend, self._scrntype
-        key = (id(s), getattr(s, "_version", 0), id(t), getattr(t, "_version", 0))
-        if key != self._pushed:
+        sv, tv = getattr(s, "_version", 0), getattr(t, "_version", 0)
+        p = self._pushed
+        if p is None or p[0] is not s or p[1] != sv or p[2] is not t or p[3] != tv:
             self._reader._set_screens(s, t)
-            self._pushed = key
+            self._pushed = (s, sv, t, tv)
 
     def pop(
         self, block: bool = False, timer: Optional[float] = 0.5, decode: bool = True
@@ -265,13 +309,32 @@ class PySyncQ:
         at all). With ``decode`` the parts are ``str``; a body that is not valid UTF-8 raises
         ``UnicodeDecodeError`` and stays in the queue (``pop(decode=False)`` reads it).
         """
-        self._need_open("pop()")
+        if self._reader is None or self._pid != _getpid() or self._q is None:
+            self._need_open("pop()")
         if not block:
-            timeout: Optional[float] = 0.0
-        else:
-            timeout = None if timer is None else max(float(timer), 0.0)
-        self._sync_screens()
-        return self._reader._pop(timeout, decode)
+            with self._lock:
+                reader = self._reader
+                if reader is None:  # closed by another thread meanwhile
+                    self._need_open("pop()")
+                self._sync_screens()
+                return reader._pop(0.0, decode)
+        end: Optional[float] = None
+        if timer is not None:
+            t = float(timer)
+            if math.isnan(t):
+                raise InvalidArgument("timer must not be NaN")
+            end = time.monotonic() + t
+        while True:
+            if end is None:
+                timeout = _POP_SLICE
+            else:
+                timeout = min(_POP_SLICE, max(end - time.monotonic(), 0.0))
+            with self._lock:
+                self._need_open("pop()")  # another thread may have closed it meanwhile
+                self._sync_screens()
+                m = self._reader._pop(timeout, decode)
+            if m is not None or timeout < _POP_SLICE:
+                return m
 
     def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Msg]:
         """Iterate with ``pop(*args, **kwargs)`` until it returns ``None``."""

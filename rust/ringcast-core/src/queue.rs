@@ -162,8 +162,14 @@ fn pair(line: &segment::WaitLine) -> WaitPair<'_> {
     }
 }
 
-/// The longest a handle waits for the writer lock when the caller did not ask to wait.
-const LOCK_GRACE: Duration = Duration::from_secs(2);
+/// How long joining and leaving wait for the writer lock at least.
+const MEMBER_LOCK_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a send waits for the writer lock at least, whatever its own deadline: lock holds
+/// are short, and recovering the lock from a dead owner takes one wait slice. A send whose
+/// deadline passes while a healthy writer holds the lock thus still gets its turn; a lock that
+/// stays held longer by a live process raises [`Error::Timeout`].
+const SEND_LOCK_GRACE: Duration = Duration::from_millis(200);
 
 impl Queue {
     /// Create a queue; if a stale segment of that name exists (no live member), replace it.
@@ -244,16 +250,15 @@ impl Queue {
         spec: WaitSpec,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<LockGuard<'_>> {
-        self.lock_with(spec, true, on_slice)
+        self.lock_with(spec, Some(MEMBER_LOCK_GRACE), on_slice)
     }
 
-    /// Take the writer lock. With `grace`, a caller that does not want to wait still waits a
-    /// short while (lock holds are short, and a dead owner takes a slice to detect); without
-    /// it a busy lock fails at once with [`Error::Busy`].
+    /// Take the writer lock, waiting until the later of the caller's deadline and `grace`
+    /// from now. Without `grace`, a busy lock fails at once with [`Error::Busy`].
     fn lock_with(
         &self,
         spec: WaitSpec,
-        grace: bool,
+        grace: Option<Duration>,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<LockGuard<'_>> {
         let h = self.header();
@@ -266,16 +271,10 @@ impl Queue {
         }
         let started = Instant::now();
         let mut last_check = started;
-        // Lock holds are short, so even a caller that does not want to wait gets a grace
-        // period (long enough to recover the lock from a dead owner).
-        if !grace && spec.deadline.expired() {
+        let Some(grace) = grace else {
             return Err(Error::Busy("writer lock"));
-        }
-        let deadline = if spec.deadline.expired() {
-            Deadline(Some(started + LOCK_GRACE))
-        } else {
-            spec.deadline
         };
+        let deadline = Deadline(spec.deadline.0.map(|d| d.max(started + grace)));
         let spec = WaitSpec {
             deadline,
             spin: Duration::from_micros(20),
@@ -518,7 +517,7 @@ impl Queue {
         spec: WaitSpec,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<u64> {
-        self.send_inner(sender, typ, body, spec, true, on_slice)
+        self.send_inner(sender, typ, body, spec, Some(SEND_LOCK_GRACE), on_slice)
     }
 
     /// Append without any waiting at all, not even for a busy writer lock: fails with
@@ -526,7 +525,7 @@ impl Queue {
     /// the lock (callers that hold an interpreter lock use this, then wait without it).
     pub fn try_send(&self, sender: &[u8], typ: &[u8], body: &[&[u8]]) -> Result<u64> {
         let spec = WaitSpec::nowait();
-        self.send_inner(sender, typ, body, spec, false, &mut crate::wait::no_check)
+        self.send_inner(sender, typ, body, spec, None, &mut crate::wait::no_check)
     }
 
     fn send_inner(
@@ -535,7 +534,7 @@ impl Queue {
         typ: &[u8],
         body: &[&[u8]],
         spec: WaitSpec,
-        grace: bool,
+        grace: Option<Duration>,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<u64> {
         if sender.len() > u16::MAX as usize || typ.len() > u16::MAX as usize {
@@ -589,7 +588,7 @@ impl Queue {
                 }
                 if tail - head + n > cap {
                     free_seen = cap - (tail - head);
-                    if grace && !full_counted {
+                    if grace.is_some() && !full_counted {
                         full_counted = true;
                         h.space_wait.events.fetch_add(1, Ordering::Relaxed);
                     }
