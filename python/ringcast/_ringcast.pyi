@@ -145,7 +145,10 @@ class BroadcastQueue:
         timeout: Optional[float] = None,
         sender: Optional[_Name] = None,
     ) -> int:
-        """Send a bytes-like ``data``; wait for room up to ``timeout`` s (``None``: for ever), else ``Full``."""
+        """Send bytes-like ``data``; wait for room up to ``timeout`` s (``None``: for ever).
+
+        Raises ``Full`` on timeout; returns the sequence number.
+        """
     def send_nowait(self, data: Buffer, type: Optional[_Name] = None) -> int:
         """``send(data, type, timeout=0)``: raise ``Full`` at once if there is no room."""
     def reader(
@@ -195,13 +198,19 @@ class Reader:
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
     def recv(self, timeout: Optional[float] = None) -> Message:
-        """The next message; ``Empty`` after ``timeout`` s, ``QueueShutDown`` once shut down and drained."""
+        """The next message; ``Empty`` after ``timeout`` s.
+
+        ``QueueShutDown`` once the queue is shut down and drained.
+        """
     def recv_nowait(self) -> Message:
         """``recv(timeout=0)``."""
     def recv_bytes(self, timeout: Optional[float] = None) -> bytes:
         """Like ``recv`` but return only the body."""
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = 0.0) -> list[Message]:
-        """Up to ``max_messages`` messages: wait up to ``timeout`` for the first, then take what is there."""
+        """Up to ``max_messages`` messages.
+
+        Waits up to ``timeout`` for the first, then takes what is already there.
+        """
     def _pop(
         self, timeout: Optional[float], decode: bool
     ) -> Union[tuple[str, str, str], tuple[bytes, bytes, bytes], None]:
@@ -260,4 +269,4 @@ def record_size(body_len: int, type_len: int = 0, sender_len: int = 0, align: in
     """Capacity cost in bytes of a message (``align`` 8 for BroadcastQueue, 1 for PySyncQ)."""
 
 def _close_all() -> int:
-    """Leave every queue and reader this process still holds; return how many segments it unlinked."""
+    """Leave every queue and reader this process holds; return how many segments it unlinked."""
