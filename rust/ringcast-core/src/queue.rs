@@ -567,11 +567,17 @@ impl Queue {
         let mut free_seen = 0;
         let mut last_reap: Option<Instant> = None;
         let mut full_counted = false;
-        let t0 = Instant::now();
         let lock_spec = spec;
         let mut attempt = |on_slice: &mut dyn FnMut() -> Result<()>| -> Result<Option<u64>> {
             let _g = self.lock_with(lock_spec, grace, on_slice)?;
             let tail = h.tail.load(Ordering::Acquire);
+            if tail > u64::MAX / 2 {
+                // 2^63 bytes would take centuries to write: only damage puts the tail there.
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("write position {tail} is impossible"),
+                ));
+            }
             let mut head = h.head_hint.load(Ordering::Relaxed);
             if head > tail || tail - head > cap {
                 head = self.recompute_head(tail)?;
@@ -607,6 +613,7 @@ impl Queue {
             Some(s) => Some(s),
             None if spec.deadline.expired() => None,
             None => {
+                let t0 = Instant::now();
                 let (a, b) = (&mut attempt, &mut on_slice2);
                 // The attempt needs the slice hook too (for the lock wait); share it.
                 let hook = std::cell::RefCell::new(b);

@@ -327,6 +327,12 @@ fn corrupt_records_and_cursors_are_reported() {
         matches!(send(&q, &[0u8; 3000]), Err(Error::Corrupt { .. })),
         "a writer re-reading cursors notices"
     );
+    // a write position no real queue can reach is refused, not wrapped around
+    q.segment()
+        .header()
+        .tail
+        .store(u64::MAX - 3, Ordering::Relaxed);
+    assert!(matches!(send(&q, b"x"), Err(Error::Corrupt { .. })));
 }
 
 #[test]

@@ -105,13 +105,18 @@ impl SendSlice {
     }
 }
 
-/// Bytes of a str (UTF-8) or bytes-like argument.
+/// Bytes of a str (UTF-8) or bytes argument.
 fn text_or_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    borrow_text_or_bytes(obj, what).map(<[u8]>::to_vec)
+}
+
+/// Bytes of a str (UTF-8) or bytes argument, borrowed from the object (no copy).
+fn borrow_text_or_bytes<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a [u8]> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(s.to_str()?.as_bytes().to_vec());
+        return Ok(s.to_str()?.as_bytes());
     }
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok(b.as_bytes());
     }
     Err(PyTypeError::new_err(format!(
         "{what} must be str or bytes, not {}",
@@ -286,6 +291,7 @@ impl PyQueue {
         }
     }
     fn build(
+        py: Python<'_>,
         name: Option<String>,
         create: Option<bool>,
         opts: QueueOptions,
@@ -297,22 +303,29 @@ impl PyQueue {
             Some(s) if !s.is_none() => Some(text_or_bytes(s, "sender")?),
             _ => None,
         };
-        let q = match (name, create) {
-            (None, Some(false)) => {
-                return Err(to_pyerr_now(Error::InvalidArgument(
-                    "a name is needed to attach (create=False)".into(),
-                )))
-            }
-            (None, _) => Queue::create(&random_name(), opts),
-            (Some(n), Some(true)) => Queue::create(&n, opts),
-            (Some(n), Some(false)) => Queue::attach(&n),
-            (Some(n), None) => Queue::open(&n, opts),
+        if name.is_none() && create == Some(false) {
+            return Err(to_pyerr(
+                py,
+                Error::InvalidArgument("a name is needed to attach (create=False)".into()),
+            ));
         }
-        .map_err(to_pyerr_now)?;
         let sender = explicit_sender
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
-        let member = Membership::join(&q, KIND_HANDLE, &sender).map_err(to_pyerr_now)?;
+        // Opening may wait briefly (a segment still being initialised, the writer lock to
+        // join): never with the GIL held.
+        let (q, member) = py
+            .detach(move || {
+                let q = match (name, create) {
+                    (Some(n), Some(true)) => Queue::create(&n, opts),
+                    (Some(n), Some(false)) => Queue::attach(&n),
+                    (Some(n), None) => Queue::open(&n, opts),
+                    (None, _) => Queue::create(&random_name(), opts),
+                }?;
+                let member = Membership::join(&q, KIND_HANDLE, &sender)?;
+                Ok((q, member))
+            })
+            .map_err(|e| to_pyerr(py, e))?;
         Ok(PyQueue {
             q,
             member: Mutex::new(Some(member)),
@@ -333,7 +346,9 @@ impl PyQueue {
     /// of the ring (see ``record_size`` for the cost of one message).
     #[new]
     #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0))]
+    #[allow(clippy::too_many_arguments)] // one per Python keyword argument
     fn new(
+        py: Python<'_>,
         name: Option<String>,
         create: Option<bool>,
         capacity: u64,
@@ -348,7 +363,7 @@ impl PyQueue {
             align: 8,
             mode,
         };
-        PyQueue::build(name, create, opts, sender, spin_us)
+        PyQueue::build(py, name, create, opts, sender, spin_us)
     }
 
     /// The segment name (``/dev/shm/<name>``).
@@ -418,9 +433,9 @@ impl PyQueue {
         sender: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         let m = self.alive()?;
-        let typ = match r#type {
-            Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
-            _ => Vec::new(),
+        let typ: &[u8] = match r#type {
+            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
+            _ => &[],
         };
         let own_sender;
         let sender: &[u8] = match sender {
@@ -441,7 +456,7 @@ impl PyQueue {
         // Fast path with the GIL held: small message, room available, lock free. Anything
         // that would wait (a full ring, a busy lock) goes to the path that releases the GIL.
         if body.len() <= 64 * 1024 {
-            match self.q.try_send(sender, &typ, &[body]) {
+            match self.q.try_send(sender, typ, &[body]) {
                 Ok(seq) => {
                     self.q.count_sent(m.id);
                     return Ok(seq);
@@ -452,7 +467,7 @@ impl PyQueue {
         }
         let (s, t, b) = (
             SendSlice::of(sender),
-            SendSlice::of(&typ),
+            SendSlice::of(typ),
             SendSlice::of(body),
         );
         let q = Arc::clone(&self.q);
@@ -591,11 +606,13 @@ impl PyQueue {
 #[pyfunction]
 #[pyo3(signature = (name, sender=None, spin_us=20.0))]
 fn _attach_queue(
+    py: Python<'_>,
     name: String,
     sender: Option<&Bound<'_, PyAny>>,
     spin_us: f64,
 ) -> PyResult<PyQueue> {
     PyQueue::build(
+        py,
         Some(name),
         Some(false),
         QueueOptions::default(),
@@ -609,6 +626,7 @@ fn _attach_queue(
 #[pyfunction]
 #[pyo3(signature = (name, create, capacity, align, sender=None, max_members=512))]
 fn _open_queue(
+    py: Python<'_>,
     name: Option<String>,
     create: Option<bool>,
     capacity: u64,
@@ -622,7 +640,7 @@ fn _open_queue(
         align,
         mode: 0o600,
     };
-    PyQueue::build(name, create, opts, sender, 20.0)
+    PyQueue::build(py, name, create, opts, sender, 20.0)
 }
 
 fn stats_dict<'py>(py: Python<'py>, q: &Queue) -> PyResult<Bound<'py, PyDict>> {
