@@ -22,23 +22,7 @@ from ._ringcast import (
     unlink,
 )
 from ._ringcast import _close_all as _close_all
-from .errors import (
-    CorruptSegment,
-    Empty,
-    ForkedHandle,
-    Full,
-    HandleBusy,
-    HandleClosed,
-    InvalidArgument,
-    MessageTooLarge,
-    NoMemberSlot,
-    QueueShutDown,
-    RingcastError,
-    RingcastOSError,
-    SegmentExists,
-    SegmentNotFound,
-    Timeout,
-)
+from .errors import *  # noqa: F403  (every exception, listed in errors.__all__)
 from .pysyncq import PySyncQ
 
 __version__ = "0.1.0"
@@ -54,22 +38,8 @@ __all__ = [
     "unlink",
     "record_size",
     "errors",
-    "RingcastError",
-    "Empty",
-    "Full",
-    "MessageTooLarge",
-    "Timeout",
-    "QueueShutDown",
-    "SegmentNotFound",
-    "SegmentExists",
-    "CorruptSegment",
-    "InvalidArgument",
-    "HandleClosed",
-    "NoMemberSlot",
-    "ForkedHandle",
-    "HandleBusy",
-    "RingcastOSError",
 ]
+__all__ += errors.__all__
 
 
 # Leave every queue still held when the interpreter exits, so the last one out removes the

@@ -19,7 +19,7 @@
 //! invisible and are overwritten by the next writer. Readers take no lock.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -925,13 +925,4 @@ pub fn gc() -> Vec<String> {
         .into_iter()
         .filter(|n| remove_if_stale(n))
         .collect()
-}
-
-#[allow(dead_code)]
-fn _assert_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Queue>();
-    let _ = AtomicU64::new(0);
-    let _ = M_CLAIMING;
-    let _ = STATE_CLOSED;
 }
