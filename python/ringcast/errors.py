@@ -25,6 +25,8 @@ __all__ = [
     "ForkedHandle",
     "HandleBusy",
     "RingcastOSError",
+    "FrameNotReady",
+    "SWMRError",
 ]
 
 
@@ -99,3 +101,11 @@ class HandleBusy(RingcastError, RuntimeError):
 
 class RingcastOSError(RingcastError, OSError):
     """An operating-system call failed."""
+
+
+class FrameNotReady(RingcastError, ValueError):
+    """A frame's data did not appear in the file within the timeout (its key was ready)."""
+
+
+class SWMRError(RingcastError, RuntimeError):
+    """HDF5 could not refresh or read a dataset of a file being written (SWMR)."""
