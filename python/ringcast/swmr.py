@@ -35,7 +35,7 @@ log = logging.getLogger("ringcast.swmr")
 #: First poll interval (seconds) after a wait starts or after progress.
 POLL_MIN = 0.001
 #: Longest poll interval (seconds): polling backs off by doubling up to this.
-POLL_MAX = 0.02
+POLL_MAX = 0.01
 #: Elements of a key read per window when scanning for its first zero.
 _WINDOW = 4096
 
