@@ -95,7 +95,7 @@ def write(path: str, ready, events, **o) -> None:
                     data.resize(row_needed, axis=0)
                 data[pos] = frame_value(i, frame)
                 data.flush()
-            if key2 is not None and i >= second_key_lag:
+            if key2 is not None and second_key_lag is not None and i >= second_key_lag:
                 j = i - second_key_lag
                 key2.resize(j + 1, axis=0)
                 key2[j] = 1

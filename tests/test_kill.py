@@ -51,7 +51,9 @@ def test_sigkill_writer_mid_append(shm_name):
             p.start()
             # Kill from another thread while this one keeps reading, so the writer is busy
             # appending (not blocked on a full ring) when the signal lands.
-            killer = threading.Timer(random.uniform(0.005, 0.03), os.kill, (p.pid, signal.SIGKILL))
+            killer = threading.Timer(
+                random.uniform(0.005, 0.03), os.kill, (p.pid or 0, signal.SIGKILL)
+            )
             killer.start()
             deadline = time.monotonic() + 10
             while p.is_alive() and time.monotonic() < deadline:
@@ -128,7 +130,7 @@ def test_sigkill_reader_mid_wait(shm_name):
             q.send(body, timeout=5)  # wakes the victim, which goes back to waiting
             sent += 1
             time.sleep(random.uniform(0, 0.003))
-            os.kill(victim.pid, signal.SIGKILL)
+            os.kill(victim.pid or 0, signal.SIGKILL)
             victim.join(10)
             assert victim.exitcode == -signal.SIGKILL
             # Writing more than the whole capacity must succeed: the dead reader is reaped
@@ -162,7 +164,7 @@ def test_sigkill_writer_blocked_on_a_full_queue(shm_name):
             deadline = time.monotonic() + 10
             while q.free_bytes > 1100 and time.monotonic() < deadline:
                 time.sleep(0.001)
-            os.kill(p.pid, signal.SIGKILL)
+            os.kill(p.pid or 0, signal.SIGKILL)
             p.join(10)
             drained = r.recv_many(1000, timeout=1)
             assert drained and all(m.body == b"x" * 1000 for m in drained)
@@ -190,7 +192,7 @@ def test_all_members_killed_leaves_a_segment_gc_removes(shm_name, victims):
     for rd in rds:
         assert rd.poll(30)
     for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
+        os.kill(p.pid or 0, signal.SIGKILL)
         p.join(10)
     info = ringcast.inspect(shm_name)
     assert info["members_alive"] == 0 and info["members_dead"] == 2 * victims and info["stale"]

@@ -43,7 +43,7 @@ def test_numpy_arrays_are_sent_as_bytes(shm_name):
         with pytest.raises(TypeError, match="contiguous"):
             q.send(a[:, ::2])
         with pytest.raises(TypeError, match="bytes-like"):
-            q.send("a str is not bytes")
+            q.send("a str is not bytes")  # type: ignore[arg-type]
 
 
 def test_every_reader_gets_every_message_and_joins_at_the_tail(shm_name):
@@ -77,7 +77,7 @@ def test_screening_by_sender_and_type_in_rust(shm_name):
         for r in (r_type, r_excl, r_send):
             r.close()
         with pytest.raises(TypeError, match="str or bytes"):
-            q.reader(types=[1])
+            q.reader(types=[1])  # type: ignore[list-item]
 
 
 def test_full_queue_timeouts_and_too_large(shm_name):
@@ -265,13 +265,15 @@ def test_lock_held_by_a_live_process_times_out_without_holding_the_gil(shm_name)
             with open(f"/dev/shm/{shm_name}", "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
                 token = ((_start_time(owner.pid) & 0xFFFFFFFF) << 32) | owner.pid
                 struct.pack_into("<Q", m, LOCK_OFFSET, token)
-                ticks = []
+                ticks: list = []
                 stop = threading.Event()
-                t = threading.Thread(
-                    target=lambda: [
-                        ticks.append(time.sleep(0.001)) for _ in iter(stop.is_set, True)
-                    ]
-                )
+
+                def tick() -> None:
+                    while not stop.is_set():
+                        ticks.append(1)
+                        time.sleep(0.001)
+
+                t = threading.Thread(target=tick)
                 t.start()
                 t0 = time.monotonic()
                 with pytest.raises(ringcast.Timeout, match="writer lock"):

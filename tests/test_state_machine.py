@@ -29,7 +29,7 @@ class QueueModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.capacity = 0
-        self.q: BroadcastQueue | None = None
+        self.q: BroadcastQueue = None  # type: ignore[assignment]  # set by create()
         self.model: dict[int, list] = {}
         self.handles: dict[int, ringcast.Reader] = {}
         self.filters: dict[int, tuple] = {}

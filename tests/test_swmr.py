@@ -32,7 +32,7 @@ class Live:
         return self.file[name]
 
     def event_times(self) -> dict:
-        out = {}
+        out: dict = {}
         while True:
             try:
                 kind, i, t = self.events.get(timeout=0.5)
@@ -51,7 +51,7 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path):
-    made = []
+    made: list = []
 
     def start(**opts):
         lv = Live(str(tmp_path / f"scan{len(made)}.h5"), **opts)

@@ -330,9 +330,10 @@ class KeyFollower(Iterator[int]):
         if self.maxshape is None:
             self.check_datasets()
         assert self.maxshape is not None
-        if any(m is None for m in self.maxshape):
+        dims = [m for m in self.maxshape if m is not None]
+        if len(dims) != len(self.maxshape):
             return False
-        return self.current_max == int(np.prod(self.maxshape)) - 1
+        return self.current_max == math.prod(dims) - 1
 
 
 class RowKeyFollower(Iterator[int]):

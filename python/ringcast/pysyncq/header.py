@@ -83,19 +83,19 @@ class qset(set):
     def __contains__(self, x: object) -> bool:
         return super().__contains__(_norm(x))
 
-    def __ior__(self, other: Any) -> qset:  # type: ignore[override]
+    def __ior__(self, other: Any) -> qset:  # type: ignore[misc]
         self.update(other)
         return self
 
-    def __isub__(self, other: Any) -> qset:  # type: ignore[override]
+    def __isub__(self, other: Any) -> qset:  # type: ignore[misc]
         self.difference_update(other)
         return self
 
-    def __iand__(self, other: Any) -> qset:  # type: ignore[override]
+    def __iand__(self, other: Any) -> qset:  # type: ignore[misc]
         self.intersection_update(other)
         return self
 
-    def __ixor__(self, other: Any) -> qset:  # type: ignore[override]
+    def __ixor__(self, other: Any) -> qset:  # type: ignore[misc]
         self.symmetric_difference_update(other)
         return self
 
