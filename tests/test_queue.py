@@ -33,6 +33,17 @@ def test_send_recv_roundtrip_and_message_fields(shm_name):
     assert not os.path.exists(f"/dev/shm/{shm_name}")
 
 
+def test_messages_pickle_and_compare_by_value(shm_name):
+    with BroadcastQueue(shm_name, create=True, sender="cam") as q, q.reader() as r:
+        q.send(b"frame", "image")
+        q.send(b"frame", "image")
+        m, m2 = r.recv(timeout=1), r.recv(timeout=1)
+        back = pickle.loads(pickle.dumps(m))
+        assert back == m and hash(back) == hash(m) and back is not m
+        assert (back.sender, back.type, back.seq, back.body) == ("cam", "image", 0, b"frame")
+        assert m != m2 and m != "frame"
+
+
 def test_numpy_arrays_are_sent_as_bytes(shm_name):
     np = pytest.importorskip("numpy")
     a = np.arange(1000, dtype=np.float64).reshape(10, 100)

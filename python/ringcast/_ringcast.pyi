@@ -7,7 +7,7 @@ for type checkers: they cannot be imported at run time.
 
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Final, Literal, NoReturn, Optional, TypedDict, Union, final
+from typing import Any, Final, Literal, NoReturn, Optional, TypedDict, Union, final
 
 from typing_extensions import Buffer, Self
 
@@ -16,6 +16,7 @@ __all__ = [
     "Reader",
     "Message",
     "_attach_queue",
+    "_message",
     "_open_queue",
     "segments",
     "inspect",
@@ -95,6 +96,10 @@ class Message:
     @property
     def type(self) -> str:
         """The message type (bytes that are not UTF-8 are replaced with U+FFFD)."""
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Messages pickle by value (to pass them on to another process)."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
     def __repr__(self) -> str: ...
 
 @final
@@ -237,6 +242,9 @@ class Reader:
     def __reduce__(self) -> NoReturn:
         """Always raises ``TypeError``: a Reader cannot be pickled."""
     def __repr__(self) -> str: ...
+
+def _message(sender: bytes, type: bytes, seq: int, body: bytes) -> Message:
+    """Rebuild a Message (what unpickling one does)."""
 
 def _attach_queue(
     name: str, sender: Optional[_Name] = None, spin_us: float = 20.0

@@ -224,6 +224,34 @@ impl Message {
     fn r#type(&self) -> String {
         String::from_utf8_lossy(&self.typ).into_owned()
     }
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let f = py.import("ringcast._ringcast")?.getattr("_message")?;
+        let args = (
+            PyBytes::new(py, &self.sender),
+            PyBytes::new(py, &self.typ),
+            self.seq,
+            self.body.clone_ref(py),
+        );
+        (f, args).into_pyobject(py)
+    }
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<Message>() {
+            Ok(o) => {
+                let o = o.get();
+                self.seq == o.seq
+                    && self.sender == o.sender
+                    && self.typ == o.typ
+                    && self.body.bind(py).as_bytes() == o.body.bind(py).as_bytes()
+            }
+            Err(_) => false,
+        }
+    }
+    fn __hash__(&self, py: Python<'_>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.seq, &self.sender, &self.typ, self.body.bind(py).as_bytes()).hash(&mut h);
+        h.finish()
+    }
     fn __repr__(&self, py: Python<'_>) -> String {
         let n = self.body.bind(py).as_bytes().len();
         format!(
@@ -599,6 +627,17 @@ impl PyQueue {
             self.sender(),
             if self.closed() { ", closed" } else { "" }
         )
+    }
+}
+
+/// Rebuild a Message (what unpickling one does).
+#[pyfunction]
+fn _message(sender: Vec<u8>, r#type: Vec<u8>, seq: u64, body: Py<PyBytes>) -> Message {
+    Message {
+        sender,
+        typ: r#type,
+        seq,
+        body,
     }
 }
 
@@ -1046,6 +1085,7 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReader>()?;
     m.add_class::<Message>()?;
     m.add_function(wrap_pyfunction!(_attach_queue, m)?)?;
+    m.add_function(wrap_pyfunction!(_message, m)?)?;
     m.add_function(wrap_pyfunction!(_open_queue, m)?)?;
     m.add_function(wrap_pyfunction!(segments, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
