@@ -69,6 +69,8 @@ def write(path: str, ready, events, **o) -> None:
             sid = h5py.h5s.create(h5py.h5s.SCALAR)
             h5py.h5d.create(f.id, b"finished", h5py.h5t.STD_I32LE, sid, dcpl=dcpl)
             fin = f["finished"]
+        elif o.get("contiguous_finished"):
+            fin = f.create_dataset("finished", shape=(1,), dtype="i4", fillvalue=0)
         else:
             fin = f.create_dataset(
                 "finished", shape=(1,), maxshape=(None,), dtype="i4", fillvalue=0

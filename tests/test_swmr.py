@@ -11,7 +11,7 @@ import pytest
 from _swmr_writer import frame_value, write
 
 import ringcast
-from ringcast.swmr import DataSource, FrameReader, KeyFollower, RowKeyFollower
+from ringcast.swmr import DataSource, FrameReader, KeyFollower, RowKeyFollower, SliceDict
 
 ctx = mp.get_context("spawn")
 
@@ -291,3 +291,77 @@ def test_output_dataset_helpers(tmp_path):
                 ds.append_data(result[0, 0], frames.slice_metadata, out)
         np.testing.assert_array_equal(f["/result"][...], data.sum(axis=-1))
         assert f["/result"].maxshape == (2, 3)
+
+
+def test_a_contiguous_finished_flag_raises_a_clear_error(live):
+    """HDF5 >= 1.14.4 cannot refresh a contiguous dataset written under SWMR; the follower
+    says so instead of passing on HDF5's 'likely file corruption'."""
+    lv = live(n=3, contiguous_finished=True)
+    kf = KeyFollower([lv["key"]], timeout=10, finished_dataset=lv["finished"])
+    got = []
+    with pytest.raises(ringcast.SWMRError, match="contiguous.*chunked"):
+        for i in kf:
+            got.append(i)
+    assert got == [0, 1, 2]
+
+
+def test_skip_clock_starts_when_later_points_are_ready():
+    k = np.zeros(10)
+    k[:3] = 1
+    kf = KeyFollower([k], timeout=0.05, skip_missing_after=0.3)
+    assert list(kf) == [0, 1, 2]
+    time.sleep(0.4)  # point 3 is merely late: nothing after it is ready yet
+    kf.refresh()
+    k[4] = 1
+    kf.refresh()
+    assert kf.skipped == [], "a point is not skipped before later ones have waited"
+    time.sleep(0.4)
+    kf.refresh()
+    assert kf.skipped == [3] and kf.current_max == 4
+    assert list(kf) == [4]
+
+
+def test_frame_not_ready_keeps_the_point_for_the_next_call():
+    ds = DataSource([np.ones(3)], {"d": np.arange(2.0)}, timeout=0.1)
+    assert [next(ds).index, next(ds).index] == [0, 1]
+    for _ in range(2):
+        with pytest.raises(ringcast.FrameNotReady):
+            next(ds)  # point 2 is retried, never silently dropped
+    assert ds.kf.current_key == 1
+
+
+class CountingKeyWithMaxshape(CountingKey):
+    def __init__(self):
+        super().__init__(np.ones((2, 3, 1, 1)))
+
+    @property
+    def maxshape(self):
+        return (None, None, 1, 1)
+
+
+def test_row_follower_api_and_options_reach_the_frame_readers():
+    rf = RowKeyFollower([np.ones((2, 3, 1, 1))], timeout=0)
+    assert list(rf) == [2, 5] and rf.scan_rank == 2 and rf.maxshape == (2, 3)
+    rf.reset()
+    assert next(rf) == 2 and rf.inner_key_follower is rf.kf
+    with pytest.raises(RuntimeError, match="unlimited"):
+        RowKeyFollower([CountingKeyWithMaxshape()]).check_datasets()
+    ds = DataSource([np.ones(2)], {"d": np.ones((2, 3))}, timeout=1, poll_max=0.05)
+    assert ds.frame_readers["d"].poll_max == 0.05 and ds.frame_readers["d"].timeout == 1
+    assert isinstance(next(ds), SliceDict)
+    assert KeyFollower([np.ones(2)], timeout=None).timeout == float("inf")
+    with pytest.raises(ValueError, match="timeout"):
+        KeyFollower([np.ones(2)], timeout="10")  # type: ignore[arg-type]
+
+
+def test_create_dataset_at_a_given_point(tmp_path):
+    keys = np.array([0, 1, 1])  # point 0 never comes
+    ds = DataSource([keys], {"d": np.arange(3.0) + 10}, timeout=0, skip_missing_after=0)
+    with h5py.File(tmp_path / "out.h5", "w") as f:
+        out = None
+        for frames in ds:
+            if out is None:
+                out = ds.create_dataset(frames["d"][0], f, "/r", frames.slice_metadata)
+            else:
+                ds.append_data(frames["d"][0], frames.slice_metadata, out)
+        np.testing.assert_array_equal(f["/r"][...], [0, 11, 12])

@@ -44,17 +44,23 @@ def _refresh(ds: Any) -> None:
     refresh = getattr(ds, "refresh", None)
     if refresh is None:
         return
+    # Read what the message needs first: after a failed refresh the handle is unusable.
+    name = _name(ds)
+    try:
+        contiguous = getattr(ds, "chunks", 0) is None
+    except Exception:
+        contiguous = False
     try:
         refresh()
-    except (RuntimeError, KeyError, OSError) as e:
+    except (RuntimeError, KeyError, OSError, ValueError) as e:
         layout = ""
-        if getattr(ds, "chunks", 0) is None:
+        if contiguous:
             layout = (
                 " It is a contiguous dataset: HDF5 (1.14.4 and later) cannot refresh those in a"
                 " file written with SWMR; the writer must make it chunked (e.g. maxshape=(None,))"
                 " or, for a scalar, compact."
             )
-        raise SWMRError(f"cannot refresh {_name(ds)}: {e}.{layout}") from e
+        raise SWMRError(f"cannot refresh {name}: {e}.{layout}") from e
 
 
 def _name(ds: Any) -> str:
@@ -151,7 +157,7 @@ class KeyFollower(Iterator[int]):
     def __init__(
         self,
         key_datasets: Sequence[Any],
-        timeout: float = 10,
+        timeout: Optional[float] = 10,
         finished_dataset: Optional[Any] = None,
         *,
         poll_min: float = POLL_MIN,
@@ -165,8 +171,12 @@ class KeyFollower(Iterator[int]):
             _check_dataset(k, "a key dataset")
         if finished_dataset is not None:
             _check_dataset(finished_dataset, "finished_dataset")
-        if not (timeout >= 0) or math.isinf(timeout):
-            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+        if timeout is None:
+            timeout = math.inf
+        if not isinstance(timeout, (int, float, np.integer, np.floating)) or not timeout >= 0:
+            raise ValueError(
+                f"timeout must be a number of seconds >= 0 (None or inf: never), got {timeout!r}"
+            )
         if not (0 < poll_min <= poll_max):
             raise ValueError("need 0 < poll_min <= poll_max")
         self.key_datasets = keys
@@ -200,18 +210,18 @@ class KeyFollower(Iterator[int]):
         """Skip the point at ``hole`` if it stayed missing long enough (or the writer has
         finished, so it never will come) while later points are ready in every key. Returns
         True if it skipped."""
-        now = time.monotonic()
-        if self._hole is None or self._hole[0] != hole:
-            self._hole = (hole, now)
-            if not writer_done:
-                return False
-        elif not writer_done and now - self._hole[1] < float(self.skip_missing_after or 0):
-            return False
         later = None
         for s in self._scans:
             nz = s.nonzero_at(hole + 1, hole + 1 + _WINDOW)
             later = nz if later is None else later[: nz.size] & nz[: later.size]
         if later is None or not later.any():
+            self._hole = None  # nothing after it is ready yet: the point is not late
+            return False
+        # The clock starts when a later point is first seen ready while this one is missing.
+        now = time.monotonic()
+        if self._hole is None or self._hole[0] != hole:
+            self._hole = (hole, now)
+        if not writer_done and now - self._hole[1] < float(self.skip_missing_after or 0):
             return False
         for s in self._scans:
             if s.prefix == hole:
@@ -343,22 +353,42 @@ class RowKeyFollower(Iterator[int]):
     def __init__(
         self,
         key_datasets: Sequence[Any],
-        timeout: float = 10,
+        timeout: Optional[float] = 10,
         finished_dataset: Optional[Any] = None,
         row_size: Optional[int] = None,
         **kw: Any,
     ) -> None:
-        self.kf = KeyFollower(key_datasets, timeout, finished_dataset, **kw)
+        self.inner_key_follower = KeyFollower(key_datasets, timeout, finished_dataset, **kw)
         self.row_size = row_size
 
+    @property
+    def kf(self) -> KeyFollower:
+        """The :class:`KeyFollower` whose rows this follows."""
+        return self.inner_key_follower
+
+    @property
+    def scan_rank(self) -> int:
+        """The keys' scan rank (after ``check_datasets()``)."""
+        return self.kf.scan_rank
+
+    @property
+    def maxshape(self) -> Optional[tuple[Optional[int], ...]]:
+        """The scan's maxshape (after ``check_datasets()``)."""
+        return self.kf.maxshape
+
     def check_datasets(self) -> None:
+        """As :meth:`KeyFollower.check_datasets`; also sets ``row_size`` if it was not given."""
         self.kf.check_datasets()
         if self.row_size is None:
             assert self.kf.maxshape is not None
             last = self.kf.maxshape[-1]
             if last is None:
-                raise ValueError("the last scan dimension is unlimited: pass row_size")
+                raise RuntimeError("the last scan dimension is unlimited: pass row_size")
             self.row_size = int(last)
+
+    def reset(self) -> None:
+        """Start again from the first row."""
+        self.kf.reset()
 
     def __iter__(self) -> RowKeyFollower:
         return self
@@ -478,14 +508,13 @@ class DataSource(Iterator[SliceDict]):
         self.kf = KeyFollower(keys, timeout, finished, **follower_options)
         self.kf.check_datasets()
         rank = self.kf.scan_rank
+        opts = {"timeout": self.kf.timeout, "poll_max": self.kf.poll_max}
         self.frame_readers = {
-            name: FrameReader(handles.canonical(ds), rank, use_direct_chunk, timeout=timeout)
+            name: FrameReader(handles.canonical(ds), rank, use_direct_chunk, **opts)
             for name, ds in (datasets or {}).items()
         }
         self.interleaved = {
-            name: [
-                FrameReader(handles.canonical(d), 1, use_direct_chunk, timeout=timeout) for d in dss
-            ]
+            name: [FrameReader(handles.canonical(d), 1, use_direct_chunk, **opts) for d in dss]
             for name, dss in (interleaved_datasets or {}).items()
         }
         for name, readers in self.interleaved.items():
@@ -509,16 +538,20 @@ class DataSource(Iterator[SliceDict]):
         out.index = i
         out.maxshape = self.kf.maxshape
         meta = None
-        for name, r in self.frame_readers.items():
-            frame, sl = r.read_frame(i)
-            out[name] = frame
-            meta = sl if meta is None else meta
-        for name, readers in self.interleaved.items():
-            n = len(readers)
-            frame, _ = readers[i % n].read_frame(i // n)
-            out[name] = frame
-            if meta is None:
-                meta = (slice(i, i + 1),)
+        try:
+            for name, r in self.frame_readers.items():
+                frame, sl = r.read_frame(i)
+                out[name] = frame
+                meta = sl if meta is None else meta
+            for name, readers in self.interleaved.items():
+                n = len(readers)
+                frame, _ = readers[i % n].read_frame(i // n)
+                out[name] = frame
+                if meta is None:
+                    meta = (slice(i, i + 1),)
+        except FrameNotReady:
+            self.kf.current_key = i - 1  # the next call tries this point again
+            raise
         out.slice_metadata = meta if meta is not None else ()
         return out
 
@@ -535,15 +568,20 @@ class DataSource(Iterator[SliceDict]):
         """Whether iteration stopped on the timeout."""
         return self.kf.timed_out
 
-    def create_dataset(self, data: np.ndarray, fh: Any, path: str) -> Any:
+    def create_dataset(
+        self, data: np.ndarray, fh: Any, path: str, slice_metadata: Optional[tuple] = None
+    ) -> Any:
         """Create an output dataset at ``path`` shaped like the scan (``maxshape``) times
-        ``data``'s shape, and write ``data`` as its point 0."""
+        ``data``'s shape, and write ``data`` as its point 0 (as swmr_tools does), or at
+        ``slice_metadata`` if given."""
         data = np.asarray(data)
         assert self.kf.maxshape is not None
         rank = len(self.kf.maxshape)
         shape = (1,) * rank + data.shape
         maxshape = tuple(self.kf.maxshape) + data.shape
-        return fh.create_dataset(path, data=data.reshape(shape), maxshape=maxshape, chunks=shape)
+        out = fh.create_dataset(path, shape=shape, maxshape=maxshape, dtype=data.dtype, chunks=True)
+        self.append_data(data, slice_metadata or (slice(0, 1),) * rank, out)
+        return out
 
     @staticmethod
     def append_data(data: np.ndarray, slice_metadata: tuple, dataset: Any) -> None:
