@@ -303,6 +303,8 @@ def test_a_contiguous_finished_flag_raises_a_clear_error(live):
         for i in kf:
             got.append(i)
     assert got == [0, 1, 2]
+    with pytest.raises(ringcast.SWMRError, match="/finished"):
+        next(kf)  # the handle is dead now, but the error still names the dataset
 
 
 def test_skip_clock_starts_when_later_points_are_ready():
@@ -350,6 +352,7 @@ def test_row_follower_api_and_options_reach_the_frame_readers():
     assert ds.frame_readers["d"].poll_max == 0.05 and ds.frame_readers["d"].timeout == 1
     assert isinstance(next(ds), SliceDict)
     assert KeyFollower([np.ones(2)], timeout=None).timeout == float("inf")
+    assert FrameReader(np.ones((2, 3)), 1, timeout=None).timeout == float("inf")
     with pytest.raises(ValueError, match="timeout"):
         KeyFollower([np.ones(2)], timeout="10")  # type: ignore[arg-type]
 

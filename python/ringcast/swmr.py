@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
@@ -40,12 +41,30 @@ POLL_MAX = 0.01
 _WINDOW = 4096
 
 
+_names: dict[int, tuple[Any, str]] = {}
+
+
+def _remembered_name(ds: Any) -> str:
+    """The dataset's name, remembered while the object lives (a handle whose refresh failed
+    can no longer tell its name)."""
+    hit = _names.get(id(ds))
+    if hit is not None and hit[0]() is ds:
+        return hit[1]
+    name = _name(ds)
+    try:
+        _names[id(ds)] = (weakref.ref(ds), name)
+    except TypeError:
+        pass
+    return name
+
+
 def _refresh(ds: Any) -> None:
     refresh = getattr(ds, "refresh", None)
     if refresh is None:
         return
-    # Read what the message needs first: after a failed refresh the handle is unusable.
-    name = _name(ds)
+    # Read what the message needs first: after a failed refresh the handle is unusable (the
+    # name is remembered, so a second failure still names the dataset).
+    name = _remembered_name(ds)
     try:
         contiguous = getattr(ds, "chunks", 0) is None
     except Exception:
@@ -288,7 +307,14 @@ class KeyFollower(Iterator[int]):
         while True:
             if self._is_next():
                 return self._advance()
-            if self._flag():
+            try:
+                flag = self._flag()
+            except SWMRError:
+                # The flag is written after the last keys: deliver what is ready first.
+                if self._is_next():
+                    return self._advance()
+                raise
+            if flag:
                 self.finished_set = True
                 # The flag is written after the last keys: one more look at the keys (a hole
                 # now never fills: skip it if asked to), then stop.
@@ -420,7 +446,7 @@ class FrameReader:
         scan_rank: int,
         use_direct_chunk: bool = False,
         *,
-        timeout: float = 10,
+        timeout: Optional[float] = 10,
         poll_max: float = POLL_MAX,
     ) -> None:
         _check_dataset(dataset, "dataset")
@@ -435,7 +461,7 @@ class FrameReader:
         # Accepted for compatibility; frames are read through h5py, which decodes any filter
         # it has a plugin for (blosc via hdf5plugin, for example).
         self.use_direct_chunk = use_direct_chunk
-        self.timeout = timeout
+        self.timeout = math.inf if timeout is None else timeout
         self.poll_max = poll_max
         self._fresh_upto = -1
 
