@@ -72,7 +72,9 @@ def follow(impl, timeout, n, rate_hz):
             from ringcast.swmr import DataSource
         else:
             from swmr_tools import DataSource
-        ds = DataSource([f["key"]], {"data": f["data"]}, timeout=timeout, finished_dataset=f["finished"])
+        ds = DataSource(
+            [f["key"]], {"data": f["data"]}, timeout=timeout, finished_dataset=f["finished"]
+        )
         for frames in ds:
             seen[int(frames.index)] = time.time()
             if int(np.asarray(frames["data"]).ravel()[0]) != int(frames.index):
@@ -90,7 +92,9 @@ def poll_cost(impl, points=1_000_000, polls=20):
     path = os.path.join(tempfile.mkdtemp(), "keys.h5")
     with h5py.File(path, "w", libver="latest") as f:
         for name in ("k1", "k2"):
-            k = f.create_dataset(name, shape=(points,), maxshape=(None,), chunks=(16384,), dtype="i4")
+            k = f.create_dataset(
+                name, shape=(points,), maxshape=(None,), chunks=(16384,), dtype="i4"
+            )
             k[: points // 2] = 1
     with h5py.File(path, "r", swmr=True) as f:
         keys = [f["k1"], f["k2"]]
@@ -117,7 +121,9 @@ def poll_cost(impl, points=1_000_000, polls=20):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -148,8 +154,8 @@ def main(argv=None):
             records.append(rec)
             if not args.json:
                 print(
-                    f"{impl:>10} timeout {timeout:>2} s: latency p50 {p50:8.1f} ms  p99 {p99:8.1f} ms;"
-                    f"  poll of 2 x 10^6-point keys: {cost:7.3f} ms CPU",
+                    f"{impl:>10} timeout {timeout:>2} s: latency p50 {p50:8.1f} ms"
+                    f"  p99 {p99:8.1f} ms;  poll of 2 x 10^6-point keys: {cost:7.3f} ms CPU",
                     flush=True,
                 )
     if args.json:
@@ -159,7 +165,8 @@ def main(argv=None):
         for t in (10, 20):
             a, b = by[("ringcast", t)], by[("swmr_tools", t)]
             print(
-                f"timeout {t}: p50 swmr_tools/ringcast = {b['latency_ms_p50'] / a['latency_ms_p50']:.0f}x, "
+                f"timeout {t}: p50 swmr_tools/ringcast = "
+                f"{b['latency_ms_p50'] / a['latency_ms_p50']:.0f}x, "
                 f"poll cost ringcast/swmr_tools = {a['poll_cpu_ms'] / b['poll_cpu_ms']:.4f}"
             )
     return 0

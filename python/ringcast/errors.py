@@ -27,6 +27,7 @@ __all__ = [
     "RingcastOSError",
     "FrameNotReady",
     "SWMRError",
+    "PipelineStateError",
 ]
 
 
@@ -109,3 +110,10 @@ class FrameNotReady(RingcastError, ValueError):
 
 class SWMRError(RingcastError, RuntimeError):
     """HDF5 could not refresh or read a dataset of a file being written (SWMR)."""
+
+
+class PipelineStateError(RingcastError, ValueError):
+    """The pipeline is not in a state that allows the call (not fed, already running, ...).
+
+    A :class:`ValueError`, as paipa raised for the same situations.
+    """
