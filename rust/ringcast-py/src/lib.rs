@@ -249,7 +249,13 @@ impl Message {
     fn __hash__(&self, py: Python<'_>) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (self.seq, &self.sender, &self.typ, self.body.bind(py).as_bytes()).hash(&mut h);
+        (
+            self.seq,
+            &self.sender,
+            &self.typ,
+            self.body.bind(py).as_bytes(),
+        )
+            .hash(&mut h);
         h.finish()
     }
     fn __repr__(&self, py: Python<'_>) -> String {
