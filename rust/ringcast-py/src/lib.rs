@@ -743,6 +743,24 @@ fn stats_dict<'py>(py: Python<'py>, q: &Queue) -> PyResult<Bound<'py, PyDict>> {
 
 // ------------------------------------------------------------------------------- Reader
 
+/// How a receive ended (shutdown is an outcome here, an exception only where the API says so).
+enum Recv<R> {
+    Got(R),
+    TimedOut,
+    ShutDown,
+}
+
+impl<R> Recv<R> {
+    /// ``Empty`` on timeout, ``QueueShutDown`` on shutdown.
+    fn or_raise(self, py: Python<'_>, q: &Queue, timeout: Option<f64>) -> PyResult<R> {
+        match self {
+            Recv::Got(r) => Ok(r),
+            Recv::TimedOut => Err(PyReader::empty(py, timeout)),
+            Recv::ShutDown => Err(to_pyerr(py, Error::ShutDown(q.name().to_owned()))),
+        }
+    }
+}
+
 /// A reader of a BroadcastQueue: its own cursor, holding back writers until it has read.
 #[pyclass(module = "ringcast", name = "Reader", frozen)]
 struct PyReader {
@@ -760,7 +778,7 @@ impl PyReader {
         py: Python<'py>,
         timeout: Option<f64>,
         build: impl Fn(Python<'py>, &ringcast_core::RecordRef<'_>) -> PyResult<R>,
-    ) -> PyResult<Option<R>> {
+    ) -> PyResult<Recv<R>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(to_pyerr(py, Error::Closed("Reader")));
         }
@@ -779,21 +797,24 @@ impl PyReader {
                 let out = build(py, &rec)?;
                 q.consume(id, rec.end, rec.seq)
                     .map_err(|e| to_pyerr(py, e))?;
-                return Ok(Some(out));
+                return Ok(Recv::Got(out));
             }
             if q.is_shutdown() {
-                return Err(to_pyerr(py, Error::ShutDown(q.name().to_owned())));
+                return Ok(Recv::ShutDown);
             }
             if d.expired() {
-                return Ok(None);
+                return Ok(Recv::TimedOut);
             }
             let spec = WaitSpec {
                 deadline: d,
                 spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
             };
             let f: &Filter = &filter;
-            if !blocking(py, move |chk| q.wait_readable(id, f, spec, chk))? {
-                return Ok(None);
+            match blocking(py, move |chk| q.wait_readable(id, f, spec, chk)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Recv::TimedOut),
+                Err(BindError::Core(Error::ShutDown(_))) => return Ok(Recv::ShutDown),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -830,7 +851,7 @@ impl PyReader {
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Message> {
         self.recv_with(py, timeout, Self::message)?
-            .ok_or_else(|| Self::empty(py, timeout))
+            .or_raise(py, &self.m.q, timeout)
     }
 
     /// ``recv(timeout=0)``.
@@ -846,7 +867,7 @@ impl PyReader {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         self.recv_with(py, timeout, |py, r| Ok(PyBytes::new(py, r.body)))?
-            .ok_or_else(|| Self::empty(py, timeout))
+            .or_raise(py, &self.m.q, timeout)
     }
 
     /// Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then takes
@@ -861,19 +882,13 @@ impl PyReader {
         let out = PyList::empty(py);
         let mut t = timeout;
         while out.len() < max_messages {
-            match self.recv_with(py, t, Self::message) {
-                Ok(Some(m)) => out.append(m)?,
-                Ok(None) => break,
-                Err(e)
-                    if !out.is_empty() && e.is_instance_of::<pyo3::exceptions::PyException>(py) =>
-                {
-                    let shut = py.import("ringcast.errors")?.getattr("QueueShutDown")?;
-                    if e.is_instance(py, &shut) {
-                        break;
-                    }
-                    return Err(e);
+            match self.recv_with(py, t, Self::message)? {
+                Recv::Got(m) => out.append(m)?,
+                Recv::TimedOut => break,
+                Recv::ShutDown if !out.is_empty() => break,
+                r @ Recv::ShutDown => {
+                    r.or_raise(py, &self.m.q, t)?;
                 }
-                Err(e) => return Err(e),
             }
             t = Some(0.0);
         }
@@ -889,7 +904,7 @@ impl PyReader {
         timeout: Option<f64>,
         decode: bool,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.recv_with(py, timeout, |py, r| {
+        let got = self.recv_with(py, timeout, |py, r| {
             if decode {
                 let parts = [r.sender, r.typ, r.body];
                 let mut strs = Vec::with_capacity(3);
@@ -911,7 +926,12 @@ impl PyReader {
             } else {
                 PyTuple::new(py, [PyBytes::new(py, r.sender), PyBytes::new(py, r.typ), PyBytes::new(py, r.body)])
             }
-        })
+        })?;
+        match got {
+            Recv::Got(t) => Ok(Some(t)),
+            Recv::TimedOut => Ok(None),
+            r @ Recv::ShutDown => r.or_raise(py, &self.m.q, timeout).map(Some),
+        }
     }
 
     /// Replace the screens: messages whose sender or type is in these sets are skipped.
@@ -976,16 +996,9 @@ impl PyReader {
     }
     /// Iteration blocks for the next message and stops when the queue is shut down.
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Message>> {
-        match self.recv_with(py, None, Self::message) {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                let shut = py.import("ringcast.errors")?.getattr("QueueShutDown")?;
-                if e.is_instance(py, &shut) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+        match self.recv_with(py, None, Self::message)? {
+            Recv::Got(m) => Ok(Some(m)),
+            Recv::TimedOut | Recv::ShutDown => Ok(None),
         }
     }
     fn __reduce__(&self) -> PyResult<()> {
