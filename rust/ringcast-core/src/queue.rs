@@ -19,25 +19,22 @@
 //! invisible and are overwritten by the next writer. Readers take no lock.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::proc;
 use crate::segment::{
-    self, Geometry, Header, Member, Segment, KIND_BROADCAST, M_ACTIVE, M_CLAIMING, M_FREE,
-    STATE_CLOSED, STATE_OPEN,
+    self, Geometry, Header, Member, Segment, FLAG_LOSSY, KIND_BROADCAST, MEMBER_NAME_BYTES,
+    M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN, STATE_CLOSED, STATE_OPEN,
 };
 use crate::wait::{block_on, Deadline, WaitPair, WaitSpec};
 
 /// Bytes of the fixed record header.
 pub const RECORD_HEADER: u64 = 16;
 
-/// Member kinds.
-pub const KIND_HANDLE: u32 = 1;
-/// A reader: its cursor holds back writers.
-pub const KIND_READER: u32 = 2;
+pub use crate::segment::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
 
 /// The capacity cost of one record.
 pub fn record_len(align: u32, sender: usize, typ: usize, body: usize) -> u64 {
@@ -93,9 +90,18 @@ pub struct RecordRef<'a> {
     pub sender: &'a [u8],
     pub typ: &'a [u8],
     pub body: &'a [u8],
+    /// Position of this record.
+    pub start: u64,
     /// Position just past this record.
     pub end: u64,
+    /// Messages a lossy reader missed (lapped by writers) just before this one.
+    pub missed: u64,
+    /// A group claim of a dead member, delivered again.
+    pub redelivered: bool,
 }
+
+/// Total length, sender, type and body of a record in the ring.
+type RecordParts<'a> = (u64, &'a [u8], &'a [u8], &'a [u8]);
 
 /// A member slot owned by this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +126,19 @@ pub struct MemberStats {
     pub sent: u64,
     pub waits: u64,
     pub blocked_ns: u64,
+    /// A lossy reader.
+    pub lossy: bool,
+    /// Oldest pinned position (leases, group claims), if any.
+    pub pin: Option<u64>,
+    /// Messages missed by a lapped lossy reader.
+    pub missed: u64,
+    /// Claims this member got as redeliveries (for a group: orphaned claims waiting).
+    pub redelivered: u64,
+    pub leases: u64,
+    /// For a group member: its group's name.
+    pub group: Option<Vec<u8>>,
+    /// A dead group member whose claim waits for redelivery.
+    pub orphan: bool,
 }
 
 /// A snapshot of a queue, read without any lock.
@@ -135,7 +154,79 @@ pub struct Stats {
     pub reaped: u64,
     pub full_events: u64,
     pub send_blocked_ns: u64,
+    pub overruns: u64,
+    pub redelivered: u64,
+    pub claims_lost: u64,
     pub members: Vec<MemberStats>,
+}
+
+/// Room for one message at the tail, with the writer lock held: fill the body in place,
+/// then [`Reservation::commit`]. Dropping it publishes nothing and releases the lock.
+pub struct Reservation {
+    q: Arc<Queue>,
+    pos: u64,
+    n: u64,
+    body_off: usize,
+    body_len: usize,
+    sender: Vec<u8>,
+    typ: Vec<u8>,
+    done: bool,
+}
+
+impl Reservation {
+    /// Start of the body (writable, `len()` bytes, contiguous).
+    pub fn body_ptr(&self) -> *mut u8 {
+        // SAFETY: the reserved record lies in free ring space, contiguous in the mirror.
+        unsafe { self.q.seg.ring_at(self.pos).add(self.body_off) }
+    }
+    /// Body length in bytes.
+    pub fn len(&self) -> usize {
+        self.body_len
+    }
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.body_len == 0
+    }
+    /// The queue.
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.q
+    }
+    /// Publish the message; returns its sequence number.
+    pub fn commit(mut self) -> u64 {
+        let q = Arc::clone(&self.q);
+        let h = q.header();
+        let seq = h.write_seq.load(Ordering::Relaxed);
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&(self.body_len as u32).to_ne_bytes());
+        hdr[4..6].copy_from_slice(&(self.sender.len() as u16).to_ne_bytes());
+        hdr[6..8].copy_from_slice(&(self.typ.len() as u16).to_ne_bytes());
+        hdr[8..16].copy_from_slice(&seq.to_ne_bytes());
+        let p = q.seg.ring_at(self.pos);
+        let sl = self.sender.len();
+        // SAFETY: inside the reserved record (checked against the capacity at reserve).
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), p, 16);
+            std::ptr::copy_nonoverlapping(self.sender.as_ptr(), p.add(16), sl);
+            std::ptr::copy_nonoverlapping(self.typ.as_ptr(), p.add(16 + sl), self.typ.len());
+        }
+        h.write_seq.store(seq.wrapping_add(1), Ordering::Release);
+        h.tail.store(self.pos + self.n, Ordering::Release);
+        self.done = true;
+        h.lock.store(0, Ordering::Release);
+        pair(&h.lock_wait).notify();
+        pair(&h.data_wait).notify();
+        seq
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            let h = self.q.header();
+            h.lock.store(0, Ordering::Release);
+            pair(&h.lock_wait).notify();
+        }
+    }
 }
 
 /// A broadcast queue mapped in this process.
@@ -317,18 +408,46 @@ impl Queue {
 
     /// Join as a member of `kind`. A reader starts at the current tail.
     pub fn join(&self, kind: u32, name: &[u8]) -> Result<MemberId> {
+        self.join_with(kind, name, 0, None)
+    }
+
+    /// Join as a reader; a lossy one never holds back writers.
+    pub fn join_reader(&self, name: &[u8], lossy: bool) -> Result<MemberId> {
+        self.join_with(KIND_READER, name, if lossy { FLAG_LOSSY } else { 0 }, None)
+    }
+
+    /// Join consumer group `group` (created if it does not exist, starting at the current
+    /// tail): its members share one cursor, so each message goes to one of them.
+    pub fn join_group(&self, name: &[u8], group: &[u8]) -> Result<MemberId> {
+        if group.is_empty() || group.len() > MEMBER_NAME_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a group name must be 1 to {MEMBER_NAME_BYTES} bytes, got {}",
+                group.len()
+            )));
+        }
+        self.join_with(KIND_GROUP_MEMBER, name, 0, Some(group))
+    }
+
+    fn join_with(
+        &self,
+        kind: u32,
+        name: &[u8],
+        flags: u32,
+        group: Option<&[u8]>,
+    ) -> Result<MemberId> {
         let me = proc::current();
-        let mut id = self.claim_slot(kind, name, me);
+        let mut id = self.claim_slot(kind, name, flags, me);
         if id.is_none() {
             let g = self.lock(WaitSpec::nowait(), &mut crate::wait::no_check)?;
             self.reap_dead(None);
             drop(g);
-            id = self.claim_slot(kind, name, me);
+            id = self.claim_slot(kind, name, flags, me);
         }
-        let id = id.ok_or_else(|| Error::NoMemberSlot {
+        let no_slot = || Error::NoMemberSlot {
             name: self.name().to_owned(),
             max: self.geometry().max_members,
-        })?;
+        };
+        let id = id.ok_or_else(no_slot)?;
         let m = self.member(id.slot)?;
         let h = self.header();
         let g = match self.lock(WaitSpec::nowait(), &mut crate::wait::no_check) {
@@ -342,6 +461,29 @@ impl Queue {
             m.state.store(M_FREE, Ordering::Release);
             return Err(Error::Removed(self.name().to_owned()));
         }
+        if let Some(gname) = group {
+            let gid = match self.find_group(gname) {
+                Some(gid) => Some(gid),
+                None => {
+                    let made = self.claim_slot(KIND_GROUP, gname, 0, me);
+                    if let Some(gid) = made {
+                        let gm = self.member(gid.slot)?;
+                        gm.cursor
+                            .store(h.tail.load(Ordering::Acquire), Ordering::SeqCst);
+                        gm.seq
+                            .store(h.write_seq.load(Ordering::Acquire), Ordering::Relaxed);
+                        gm.state.store(M_ACTIVE, Ordering::Release);
+                    }
+                    made
+                }
+            };
+            let Some(gid) = gid else {
+                m.state.store(M_FREE, Ordering::Release);
+                return Err(no_slot());
+            };
+            m.group.store(gid.slot, Ordering::Relaxed);
+            m.group_gen.store(gid.gen, Ordering::Relaxed);
+        }
         m.cursor
             .store(h.tail.load(Ordering::Acquire), Ordering::Relaxed);
         m.seq
@@ -352,7 +494,20 @@ impl Queue {
         Ok(id)
     }
 
-    fn claim_slot(&self, kind: u32, name: &[u8], me: proc::Ident) -> Option<MemberId> {
+    /// The live group of that name (call with the lock held).
+    fn find_group(&self, name: &[u8]) -> Option<MemberId> {
+        self.seg.members().find_map(|(slot, m)| {
+            (m.state.load(Ordering::Acquire) == M_ACTIVE
+                && m.kind.load(Ordering::Relaxed) == KIND_GROUP
+                && m.name() == name)
+                .then(|| MemberId {
+                    slot,
+                    gen: m.gen.load(Ordering::Relaxed),
+                })
+        })
+    }
+
+    fn claim_slot(&self, kind: u32, name: &[u8], flags: u32, me: proc::Ident) -> Option<MemberId> {
         for (slot, m) in self.seg.members() {
             if m.state
                 .compare_exchange(M_FREE, M_CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
@@ -362,8 +517,21 @@ impl Queue {
                 m.start.store(me.start, Ordering::Relaxed);
                 let gen = m.gen.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
                 m.kind.store(kind, Ordering::Relaxed);
+                m.flags.store(flags, Ordering::Relaxed);
                 m.set_name(name);
-                for c in [&m.received, &m.sent, &m.waits, &m.blocked_ns] {
+                m.pin.store(NO_PIN, Ordering::SeqCst);
+                m.group.store(0, Ordering::Relaxed);
+                m.group_gen.store(0, Ordering::Relaxed);
+                for c in [
+                    &m.received,
+                    &m.sent,
+                    &m.waits,
+                    &m.blocked_ns,
+                    &m.missed,
+                    &m.orphans,
+                    &m.redelivered,
+                    &m.leases,
+                ] {
                     c.store(0, Ordering::Relaxed);
                 }
                 return Some(MemberId { slot, gen });
@@ -385,6 +553,7 @@ impl Queue {
         let h = self.header();
         let guard = self.lock(WaitSpec::nowait(), &mut crate::wait::no_check);
         if let Some(m) = self.owns(id) {
+            m.pin.store(NO_PIN, Ordering::SeqCst);
             m.state.store(M_FREE, Ordering::Release);
         }
         let mut unlinked = false;
@@ -406,39 +575,134 @@ impl Queue {
         Ok(unlinked)
     }
 
-    /// Free the slots of members whose process is gone. Call with the lock held.
-    /// With `below`, only readers whose cursor is below that position are checked.
+    /// Free the slots of members whose process is gone (a group member holding a claim
+    /// becomes an orphan its group redelivers), then the groups left without members.
+    /// Call with the lock held. With `below`, only members holding memory below that
+    /// position are checked.
     fn reap_dead(&self, below: Option<u64>) -> u32 {
         let mut n = 0;
         for (_, m) in self.seg.members() {
             let st = m.state.load(Ordering::Acquire);
-            if st == M_FREE {
+            if st != M_ACTIVE && st != M_CLAIMING {
                 continue;
             }
             let pid = m.pid.load(Ordering::Relaxed);
             if st == M_CLAIMING && pid == 0 {
                 continue; // being claimed right now
             }
+            let kind = m.kind.load(Ordering::Relaxed);
+            if kind == KIND_GROUP {
+                continue; // not a process: reaped with its last member
+            }
             if let Some(b) = below {
-                if st != M_ACTIVE
-                    || m.kind.load(Ordering::Relaxed) != KIND_READER
-                    || m.cursor.load(Ordering::Acquire) >= b
-                {
+                if st != M_ACTIVE || !self.holds_below(m, kind, b) {
                     continue;
                 }
             }
-            if !proc::alive(pid, m.start.load(Ordering::Relaxed), u64::MAX)
-                && m.state
-                    .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if !proc::alive(pid, m.start.load(Ordering::Relaxed), u64::MAX) && self.retire(m, st) {
                 n += 1;
             }
         }
+        n += self.reap_groups();
         if n > 0 {
             self.header()
                 .reaped
                 .fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Whether a member keeps writers from reusing memory below `b`.
+    fn holds_below(&self, m: &Member, kind: u32, b: u64) -> bool {
+        let pin = m.pin.load(Ordering::Acquire);
+        match kind {
+            KIND_READER => {
+                m.flags.load(Ordering::Relaxed) & FLAG_LOSSY == 0
+                    && (m.cursor.load(Ordering::Acquire) < b || pin < b)
+            }
+            KIND_GROUP_MEMBER => {
+                pin < b
+                    || self
+                        .group_of(m)
+                        .is_some_and(|g| g.cursor.load(Ordering::Acquire) < b)
+            }
+            _ => false,
+        }
+    }
+
+    /// Free the slot of a dead member; a group member holding a claim becomes an orphan
+    /// instead, keeping its claim for another member of the group.
+    fn retire(&self, m: &Member, st: u32) -> bool {
+        if st == M_ACTIVE
+            && m.kind.load(Ordering::Relaxed) == KIND_GROUP_MEMBER
+            && m.pin.load(Ordering::SeqCst) != NO_PIN
+        {
+            if m.state
+                .compare_exchange(M_ACTIVE, M_ORPHAN, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+            if let Some(g) = self.group_of(m) {
+                g.orphans.fetch_add(1, Ordering::AcqRel);
+            }
+            pair(&self.header().data_wait).notify();
+            return true;
+        }
+        m.state
+            .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The group slot of a group member (if it is still that group).
+    fn group_of(&self, m: &Member) -> Option<&Member> {
+        let g = self.seg.member(m.group.load(Ordering::Relaxed))?;
+        (g.state.load(Ordering::Acquire) == M_ACTIVE
+            && g.kind.load(Ordering::Relaxed) == KIND_GROUP
+            && g.gen.load(Ordering::Relaxed) == m.group_gen.load(Ordering::Relaxed))
+        .then_some(g)
+    }
+
+    fn in_group(m: &Member, gslot: u32, ggen: u32) -> bool {
+        m.kind.load(Ordering::Relaxed) == KIND_GROUP_MEMBER
+            && m.group.load(Ordering::Relaxed) == gslot
+            && m.group_gen.load(Ordering::Relaxed) == ggen
+    }
+
+    /// Free groups with no member left, and their orphaned claims (counted as lost).
+    /// Call with the lock held.
+    fn reap_groups(&self) -> u32 {
+        let mut n = 0;
+        for (gslot, g) in self.seg.members() {
+            if g.state.load(Ordering::Acquire) != M_ACTIVE
+                || g.kind.load(Ordering::Relaxed) != KIND_GROUP
+            {
+                continue;
+            }
+            let ggen = g.gen.load(Ordering::Relaxed);
+            let has_member = self.seg.members().any(|(_, m)| {
+                matches!(m.state.load(Ordering::Acquire), M_ACTIVE | M_CLAIMING)
+                    && Self::in_group(m, gslot, ggen)
+            });
+            if has_member {
+                continue;
+            }
+            for (_, o) in self.seg.members() {
+                if o.state.load(Ordering::Acquire) == M_ORPHAN
+                    && Self::in_group(o, gslot, ggen)
+                    && o.state
+                        .compare_exchange(M_ORPHAN, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    self.header().claims_lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if g.state
+                .compare_exchange(M_ACTIVE, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                n += 1;
+            }
         }
         n
     }
@@ -449,7 +713,10 @@ impl Queue {
             .members()
             .filter(|(_, m)| {
                 m.state.load(Ordering::Acquire) == M_ACTIVE
-                    && m.kind.load(Ordering::Relaxed) == KIND_READER
+                    && matches!(
+                        m.kind.load(Ordering::Relaxed),
+                        KIND_READER | KIND_GROUP_MEMBER
+                    )
                     && proc::alive(
                         m.pid.load(Ordering::Relaxed),
                         m.start.load(Ordering::Relaxed),
@@ -482,27 +749,106 @@ impl Queue {
 
     // ----------------------------------------------------------------- writing
 
-    /// The oldest position any live reader still needs (call with the lock held).
-    fn recompute_head(&self, tail: u64) -> Result<u64> {
+    /// The oldest position any member still needs: cursors of non-lossy readers and of
+    /// groups, and every pin (leases, group claims, orphans). Cursors are read before pins:
+    /// a reader pins a position before its cursor moves past it, so no position is missed.
+    fn scan_head(&self, tail: u64, strict: bool) -> Result<u64> {
         let cap = self.capacity();
         let mut head = tail;
-        for (_, m) in self.seg.members() {
-            if m.state.load(Ordering::Acquire) != M_ACTIVE
-                || m.kind.load(Ordering::Relaxed) != KIND_READER
-            {
-                continue;
-            }
-            let c = m.cursor.load(Ordering::Acquire);
+        let mut take = |c: u64, what: &str| -> Result<()> {
             if c > tail || tail - c > cap {
-                return Err(Error::corrupt(
-                    self.name(),
-                    format!("reader cursor {c} is outside the log (tail {tail})"),
-                ));
+                if strict {
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("{what} {c} is outside the log (tail {tail})"),
+                    ));
+                }
+                return Ok(());
             }
             head = head.min(c);
+            Ok(())
+        };
+        for (_, m) in self.seg.members() {
+            if m.state.load(Ordering::SeqCst) != M_ACTIVE {
+                continue;
+            }
+            let kind = m.kind.load(Ordering::Relaxed);
+            if (kind == KIND_READER && m.flags.load(Ordering::Relaxed) & FLAG_LOSSY == 0)
+                || kind == KIND_GROUP
+            {
+                take(m.cursor.load(Ordering::SeqCst), "reader cursor")?;
+            }
         }
+        for (_, m) in self.seg.members() {
+            if !matches!(m.state.load(Ordering::SeqCst), M_ACTIVE | M_ORPHAN) {
+                continue;
+            }
+            if matches!(
+                m.kind.load(Ordering::Relaxed),
+                KIND_READER | KIND_GROUP_MEMBER
+            ) {
+                let p = m.pin.load(Ordering::SeqCst);
+                if p != NO_PIN {
+                    take(p, "pinned position")?;
+                }
+            }
+        }
+        Ok(head)
+    }
+
+    /// [`Queue::scan_head`], strict, remembered as the hint (call with the lock held).
+    fn recompute_head(&self, tail: u64) -> Result<u64> {
+        let head = self.scan_head(tail, true)?;
         self.header().head_hint.store(head, Ordering::Relaxed);
         Ok(head)
+    }
+
+    /// Move the oldest-intact mark past every record the writer is about to reuse when it
+    /// writes up to `end`, before it writes anything (call with the lock held).
+    fn advance_oldest(&self, tail: u64, end: u64) -> Result<()> {
+        let h = self.header();
+        let cap = self.capacity();
+        let target = end.saturating_sub(cap);
+        let mut o = h.oldest.load(Ordering::Relaxed);
+        if o >= target {
+            return Ok(());
+        }
+        let bad = |why: String| Err(Error::corrupt(self.name(), why));
+        if o > tail || tail - o > cap {
+            return bad(format!(
+                "oldest record mark {o} is outside the log (tail {tail})"
+            ));
+        }
+        while o < target {
+            let (total, _) = self.header_at(o);
+            if total == 0 || total > tail - o {
+                return bad(format!("record at {o} has an impossible length {total}"));
+            }
+            o += total;
+        }
+        h.oldest.store(o, Ordering::Relaxed);
+        // Readers that see any byte written after this point also see the new mark.
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Length and sequence number of the record header at `pos` (not validated).
+    fn header_at(&self, pos: u64) -> (u64, u64) {
+        let (blen, slen, tlen, seq) = self.raw_header(pos);
+        (self.record_len(slen, tlen, blen), seq)
+    }
+
+    fn raw_header(&self, pos: u64) -> (usize, usize, usize, u64) {
+        let p = self.seg.ring_at(pos);
+        let mut hdr = [0u8; 16];
+        // SAFETY: 16 bytes from any ring index are inside the mirrored mapping.
+        unsafe { std::ptr::copy_nonoverlapping(p, hdr.as_mut_ptr(), 16) };
+        let blen = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        let slen = u16::from_ne_bytes([hdr[4], hdr[5]]) as usize;
+        let tlen = u16::from_ne_bytes([hdr[6], hdr[7]]) as usize;
+        let mut sq = [0u8; 8];
+        sq.copy_from_slice(&hdr[8..16]);
+        (blen, slen, tlen, u64::from_ne_bytes(sq))
     }
 
     /// Append one record. Returns its sequence number.
@@ -528,31 +874,20 @@ impl Queue {
         self.send_inner(sender, typ, body, spec, None, &mut crate::wait::no_check)
     }
 
-    fn send_inner(
-        &self,
-        sender: &[u8],
-        typ: &[u8],
-        body: &[&[u8]],
-        spec: WaitSpec,
-        grace: Option<Duration>,
-        on_slice: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<u64> {
-        if sender.len() > u16::MAX as usize || typ.len() > u16::MAX as usize {
+    fn check_lengths(&self, sender: usize, typ: usize, body_len: usize) -> Result<u64> {
+        if sender > u16::MAX as usize || typ > u16::MAX as usize {
             return Err(Error::InvalidArgument(format!(
-                "sender and type are limited to {} bytes each (got {} and {})",
+                "sender and type are limited to {} bytes each (got {sender} and {typ})",
                 u16::MAX,
-                sender.len(),
-                typ.len()
             )));
         }
-        let body_len: usize = body.iter().map(|b| b.len()).sum();
         if body_len > u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
                 "a message body is limited to {} bytes",
                 u32::MAX
             )));
         }
-        let n = self.record_len(sender.len(), typ.len(), body_len);
+        let n = self.record_len(sender, typ, body_len);
         let cap = self.capacity();
         if n > cap {
             return Err(Error::TooLarge {
@@ -560,53 +895,65 @@ impl Queue {
                 capacity: cap,
             });
         }
-        let h = self.header();
-        if h.shutdown.load(Ordering::Acquire) != 0 {
+        if self.header().shutdown.load(Ordering::Acquire) != 0 {
             return Err(Error::ShutDown(self.name().to_owned()));
         }
+        Ok(n)
+    }
+
+    /// Take the writer lock with room for `n` bytes at the tail, waiting per `spec` for
+    /// room; returns the lock and the tail. The oldest-intact mark is already moved past
+    /// what the record will overwrite.
+    fn acquire_space(
+        &self,
+        n: u64,
+        spec: WaitSpec,
+        grace: Option<Duration>,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(LockGuard<'_>, u64)> {
+        let h = self.header();
+        let cap = self.capacity();
         let mut free_seen = 0;
         let mut last_reap: Option<Instant> = None;
         let mut full_counted = false;
         let lock_spec = spec;
-        let mut attempt = |on_slice: &mut dyn FnMut() -> Result<()>| -> Result<Option<u64>> {
-            let _g = self.lock_with(lock_spec, grace, on_slice)?;
-            let tail = h.tail.load(Ordering::Acquire);
-            if tail > u64::MAX / 2 {
-                // 2^63 bytes would take centuries to write: only damage puts the tail there.
-                return Err(Error::corrupt(
-                    self.name(),
-                    format!("write position {tail} is impossible"),
-                ));
-            }
-            let mut head = h.head_hint.load(Ordering::Relaxed);
-            if head > tail || tail - head > cap {
-                head = self.recompute_head(tail)?;
-            }
-            if tail - head + n > cap {
-                head = self.recompute_head(tail)?;
-                if tail - head + n > cap
-                    && last_reap.is_none_or(|t| t.elapsed() >= Duration::from_millis(10))
-                {
-                    last_reap = Some(Instant::now());
-                    if self.reap_dead(Some(tail + n - cap)) > 0 {
-                        head = self.recompute_head(tail)?;
-                    }
+        let mut attempt =
+            |on_slice: &mut dyn FnMut() -> Result<()>| -> Result<Option<(LockGuard<'_>, u64)>> {
+                let g = self.lock_with(lock_spec, grace, on_slice)?;
+                let tail = h.tail.load(Ordering::Acquire);
+                if tail > u64::MAX / 2 {
+                    // 2^63 bytes would take centuries to write: only damage puts the tail there.
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("write position {tail} is impossible"),
+                    ));
+                }
+                let mut head = h.head_hint.load(Ordering::Relaxed);
+                if head > tail || tail - head > cap {
+                    head = self.recompute_head(tail)?;
                 }
                 if tail - head + n > cap {
-                    free_seen = cap - (tail - head);
-                    if grace.is_some() && !full_counted {
-                        full_counted = true;
-                        h.space_wait.events.fetch_add(1, Ordering::Relaxed);
+                    head = self.recompute_head(tail)?;
+                    if tail - head + n > cap
+                        && last_reap.is_none_or(|t| t.elapsed() >= Duration::from_millis(10))
+                    {
+                        last_reap = Some(Instant::now());
+                        if self.reap_dead(Some(tail + n - cap)) > 0 {
+                            head = self.recompute_head(tail)?;
+                        }
                     }
-                    return Ok(None);
+                    if tail - head + n > cap {
+                        free_seen = cap - (tail - head);
+                        if grace.is_some() && !full_counted {
+                            full_counted = true;
+                            h.space_wait.events.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Ok(None);
+                    }
                 }
-            }
-            let seq = h.write_seq.load(Ordering::Relaxed);
-            self.write_record(tail, seq, sender, typ, body, body_len);
-            h.write_seq.store(seq.wrapping_add(1), Ordering::Release);
-            h.tail.store(tail + n, Ordering::Release);
-            Ok(Some(seq))
-        };
+                self.advance_oldest(tail, tail + n)?;
+                Ok(Some((g, tail)))
+            };
         let mut on_slice2 = &mut *on_slice;
         let first = attempt(on_slice2)?;
         let got = match first {
@@ -629,16 +976,63 @@ impl Queue {
                 r?
             }
         };
-        match got {
-            Some(seq) => {
-                pair(&h.data_wait).notify();
-                Ok(seq)
-            }
-            None => Err(Error::Full {
-                needed: n,
-                free: free_seen,
-            }),
-        }
+        got.ok_or(Error::Full {
+            needed: n,
+            free: free_seen,
+        })
+    }
+
+    fn send_inner(
+        &self,
+        sender: &[u8],
+        typ: &[u8],
+        body: &[&[u8]],
+        spec: WaitSpec,
+        grace: Option<Duration>,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<u64> {
+        let body_len: usize = body.iter().map(|b| b.len()).sum();
+        let n = self.check_lengths(sender.len(), typ.len(), body_len)?;
+        let (g, tail) = self.acquire_space(n, spec, grace, on_slice)?;
+        let h = self.header();
+        let seq = h.write_seq.load(Ordering::Relaxed);
+        self.write_record(tail, seq, sender, typ, body, body_len);
+        h.write_seq.store(seq.wrapping_add(1), Ordering::Release);
+        h.tail.store(tail + n, Ordering::Release);
+        drop(g);
+        pair(&h.data_wait).notify();
+        Ok(seq)
+    }
+
+    /// Reserve room for a message of `body_len` bytes and hold the writer lock until the
+    /// reservation is committed (published whole) or dropped (nothing is published). The
+    /// body is filled in place through [`Reservation::body_ptr`].
+    pub fn reserve(
+        self: &Arc<Self>,
+        sender: &[u8],
+        typ: &[u8],
+        body_len: usize,
+        spec: WaitSpec,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Reservation> {
+        let n = self.check_lengths(sender.len(), typ.len(), body_len)?;
+        let (g, tail) = self.acquire_space(n, spec, Some(SEND_LOCK_GRACE), on_slice)?;
+        std::mem::forget(g);
+        let align = u64::from(self.geometry().align);
+        let body_off = segment::round_up(
+            RECORD_HEADER + sender.len() as u64 + typ.len() as u64,
+            align,
+        ) as usize;
+        Ok(Reservation {
+            q: Arc::clone(self),
+            pos: tail,
+            n,
+            body_off,
+            body_len,
+            sender: sender.to_vec(),
+            typ: typ.to_vec(),
+            done: false,
+        })
     }
 
     fn write_record(
@@ -690,11 +1084,59 @@ impl Queue {
 
     // ----------------------------------------------------------------- reading
 
+    /// Slices of the record at `pos` whose header says `lens`; `None` if they do not fit
+    /// in `avail` bytes.
+    fn record_at(
+        &self,
+        pos: u64,
+        (blen, slen, tlen): (usize, usize, usize),
+        avail: u64,
+    ) -> Option<RecordParts<'_>> {
+        let total = self.record_len(slen, tlen, blen);
+        if total > avail || total > self.capacity() {
+            return None;
+        }
+        let body_off = segment::round_up(
+            RECORD_HEADER + (slen + tlen) as u64,
+            u64::from(self.geometry().align),
+        ) as usize;
+        let p = self.seg.ring_at(pos);
+        // SAFETY: total <= capacity <= ring_size, so the whole record is mapped and
+        // contiguous in the mirrored ring.
+        let parts = unsafe {
+            (
+                std::slice::from_raw_parts(p.add(16), slen),
+                std::slice::from_raw_parts(p.add(16 + slen), tlen),
+                std::slice::from_raw_parts(p.add(body_off), blen),
+            )
+        };
+        Some((total, parts.0, parts.1, parts.2))
+    }
+
+    /// Whether the member is a lossy reader.
+    pub fn is_lossy(&self, id: MemberId) -> bool {
+        self.seg
+            .member(id.slot)
+            .is_some_and(|m| m.flags.load(Ordering::Relaxed) & FLAG_LOSSY != 0)
+    }
+
+    /// For a lossy reader: whether the record at `start` was still intact after the caller
+    /// copied it (no writer reused its memory meanwhile).
+    pub fn intact(&self, start: u64) -> bool {
+        fence(Ordering::SeqCst);
+        self.header().oldest.load(Ordering::SeqCst) <= start
+    }
+
     /// The next record `filter` accepts for reader `id`, skipping (and consuming) screened
-    /// ones. The returned record is not consumed; call [`Queue::consume`] after use.
+    /// ones. The returned record is not consumed; call [`Queue::consume`] after use. For a
+    /// lossy reader the record may be overwritten while it is read: copy it, then check
+    /// [`Queue::intact`].
     pub fn next_for(&self, id: MemberId, filter: &Filter) -> Result<Option<RecordRef<'_>>> {
-        let h = self.header();
         let m = self.member(id.slot)?;
+        if m.flags.load(Ordering::Relaxed) & FLAG_LOSSY != 0 {
+            return self.next_lossy(m, filter);
+        }
+        let h = self.header();
         let cap = self.capacity();
         let mut cur = m.cursor.load(Ordering::Relaxed);
         let mut seq = m.seq.load(Ordering::Relaxed);
@@ -710,36 +1152,15 @@ impl Queue {
                     format!("cursor {cur} is outside the log (tail {tail})"),
                 ));
             }
-            let p = self.seg.ring_at(cur);
-            let mut hdr = [0u8; 16];
-            // SAFETY: cur < tail and tail - cur <= cap <= ring_size; 16 bytes from any ring
-            // index are inside the mirrored mapping.
-            unsafe { std::ptr::copy_nonoverlapping(p, hdr.as_mut_ptr(), 16) };
-            let blen = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
-            let slen = u16::from_ne_bytes([hdr[4], hdr[5]]) as usize;
-            let tlen = u16::from_ne_bytes([hdr[6], hdr[7]]) as usize;
-            let rseq = u64::from_ne_bytes(hdr[8..16].try_into().unwrap_or([0; 8]));
-            let total = self.record_len(slen, tlen, blen);
-            if total > tail - cur || rseq != seq {
+            let (blen, slen, tlen, rseq) = self.raw_header(cur);
+            let rec = self.record_at(cur, (blen, slen, tlen), tail - cur);
+            let Some((total, sender, typ, body)) = rec.filter(|_| rseq == seq) else {
                 return Err(Error::corrupt(
                     self.name(),
                     format!(
-                        "record at {cur} is damaged (len {total}, seq {rseq}, expected seq {seq})"
+                        "record at {cur} is damaged (body {blen}, seq {rseq}, expected seq {seq})"
                     ),
                 ));
-            }
-            let body_off = segment::round_up(
-                RECORD_HEADER + (slen + tlen) as u64,
-                u64::from(self.geometry().align),
-            ) as usize;
-            // SAFETY: total <= tail - cur <= ring_size, so the whole record is mapped and
-            // contiguous; this reader's cursor pins it until consumed.
-            let (sender, typ, body) = unsafe {
-                (
-                    std::slice::from_raw_parts(p.add(16), slen),
-                    std::slice::from_raw_parts(p.add(16 + slen), tlen),
-                    std::slice::from_raw_parts(p.add(body_off), blen),
-                )
             };
             if filter.accepts(sender, typ) {
                 break Some(RecordRef {
@@ -747,7 +1168,10 @@ impl Queue {
                     sender,
                     typ,
                     body,
+                    start: cur,
                     end: cur + total,
+                    missed: 0,
+                    redelivered: false,
                 });
             }
             cur += total;
@@ -759,6 +1183,323 @@ impl Queue {
             pair(&h.space_wait).notify();
         }
         Ok(result)
+    }
+
+    fn next_lossy<'a>(&'a self, m: &Member, filter: &Filter) -> Result<Option<RecordRef<'a>>> {
+        let h = self.header();
+        let cap = self.capacity();
+        let mut cur = m.cursor.load(Ordering::Relaxed);
+        let mut seq = m.seq.load(Ordering::Relaxed);
+        let (start, start_seq) = (cur, seq);
+        let mut missed = 0u64;
+        let mut tail = h.tail.load(Ordering::Acquire);
+        let mut spins = 0u32;
+        let result = loop {
+            spins += 1;
+            if spins > 1_000_000 {
+                return Err(Error::corrupt(self.name(), "a lossy reader cannot resync"));
+            }
+            if cur == tail {
+                break None;
+            }
+            if cur > tail {
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("cursor {cur} is past the log's end {tail}"),
+                ));
+            }
+            let oldest = h.oldest.load(Ordering::SeqCst);
+            if oldest > tail {
+                tail = h.tail.load(Ordering::Acquire);
+                if oldest > tail {
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("oldest record mark {oldest} is past the log's end {tail}"),
+                    ));
+                }
+                continue;
+            }
+            if cur < oldest || tail - cur > cap {
+                // Lapped: continue from the oldest record still intact.
+                let (_, rseq) = self.header_at(oldest);
+                if !self.intact(oldest) {
+                    continue;
+                }
+                let skipped = rseq.wrapping_sub(seq);
+                if skipped > u64::MAX / 2 {
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("record at {oldest} has sequence {rseq}, behind {seq}"),
+                    ));
+                }
+                missed += skipped;
+                cur = oldest;
+                seq = rseq;
+                continue;
+            }
+            let (blen, slen, tlen, rseq) = self.raw_header(cur);
+            if !self.intact(cur) {
+                continue;
+            }
+            let rec = self.record_at(cur, (blen, slen, tlen), tail - cur);
+            let Some((total, sender, typ, body)) = rec.filter(|_| rseq == seq) else {
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!(
+                        "record at {cur} is damaged (body {blen}, seq {rseq}, expected seq {seq})"
+                    ),
+                ));
+            };
+            if filter.accepts(sender, typ) {
+                break Some(RecordRef {
+                    seq,
+                    sender,
+                    typ,
+                    body,
+                    start: cur,
+                    end: cur + total,
+                    missed,
+                    redelivered: false,
+                });
+            }
+            cur += total;
+            seq = seq.wrapping_add(1);
+        };
+        if cur != start || seq != start_seq {
+            m.seq.store(seq, Ordering::Relaxed);
+            m.cursor.store(cur, Ordering::Release);
+        }
+        if missed > 0 {
+            m.missed.fetch_add(missed, Ordering::Relaxed);
+            h.overruns.fetch_add(missed, Ordering::Relaxed);
+        }
+        Ok(result)
+    }
+
+    /// Pin `pos` for member `id` (a lease): writers do not reuse memory from there on.
+    /// [`NO_PIN`] releases it. Pin before moving the cursor past `pos`.
+    pub fn set_pin(&self, id: MemberId, pos: u64) -> Result<()> {
+        let m = self.member(id.slot)?;
+        let old = m.pin.swap(pos, Ordering::SeqCst);
+        if pos > old {
+            pair(&self.header().space_wait).notify();
+        }
+        Ok(())
+    }
+
+    /// Count a lease taken by `id`.
+    pub fn count_lease(&self, id: MemberId) {
+        if let Some(m) = self.seg.member(id.slot) {
+            m.leases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    // ----------------------------------------------------------------- consumer groups
+
+    fn my_group(&self, m: &Member) -> Result<&Member> {
+        self.group_of(m)
+            .ok_or_else(|| Error::corrupt(self.name(), "the consumer group's slot is gone"))
+    }
+
+    /// Turn dead members of `id`'s group that hold a claim into orphans (their claims are
+    /// then redelivered). Returns how many.
+    pub fn reap_group_peers(&self, id: MemberId) -> Result<u32> {
+        let me = self.member(id.slot)?;
+        let (gslot, ggen) = (
+            me.group.load(Ordering::Relaxed),
+            me.group_gen.load(Ordering::Relaxed),
+        );
+        let mut n = 0;
+        for (slot, m) in self.seg.members() {
+            if slot == id.slot
+                || m.state.load(Ordering::Acquire) != M_ACTIVE
+                || !Self::in_group(m, gslot, ggen)
+                || m.pin.load(Ordering::SeqCst) == NO_PIN
+            {
+                continue;
+            }
+            if !proc::alive(
+                m.pid.load(Ordering::Relaxed),
+                m.start.load(Ordering::Relaxed),
+                u64::MAX,
+            ) && self.retire(m, M_ACTIVE)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Claim the next message for group member `id` (finishing its previous claim): an
+    /// orphaned claim of a dead member first, else the record at the group's cursor. The
+    /// claim pins the record until [`Queue::group_ack`] or the next claim.
+    pub fn group_next(&self, id: MemberId) -> Result<Option<RecordRef<'_>>> {
+        let h = self.header();
+        let cap = self.capacity();
+        let m = self.member(id.slot)?;
+        let g = self.my_group(m)?;
+        let (gslot, ggen) = (
+            m.group.load(Ordering::Relaxed),
+            m.group_gen.load(Ordering::Relaxed),
+        );
+        if m.pin.load(Ordering::Relaxed) != NO_PIN {
+            self.group_ack(id)?;
+        }
+        if g.orphans.load(Ordering::Acquire) > 0 {
+            for (_, o) in self.seg.members() {
+                if o.state.load(Ordering::Acquire) != M_ORPHAN || !Self::in_group(o, gslot, ggen) {
+                    continue;
+                }
+                let p = o.pin.load(Ordering::SeqCst);
+                m.pin.store(p, Ordering::SeqCst);
+                if o.state
+                    .compare_exchange(M_ORPHAN, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    m.pin.store(NO_PIN, Ordering::SeqCst);
+                    continue;
+                }
+                g.orphans.fetch_sub(1, Ordering::AcqRel);
+                let tail = h.tail.load(Ordering::Acquire);
+                if p == NO_PIN || p > tail || tail - p > cap {
+                    m.pin.store(NO_PIN, Ordering::SeqCst);
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("orphaned claim at {p} is outside the log (tail {tail})"),
+                    ));
+                }
+                let (blen, slen, tlen, rseq) = self.raw_header(p);
+                let Some((total, sender, typ, body)) =
+                    self.record_at(p, (blen, slen, tlen), tail - p)
+                else {
+                    m.pin.store(NO_PIN, Ordering::SeqCst);
+                    return Err(Error::corrupt(
+                        self.name(),
+                        format!("orphaned claim at {p} is damaged"),
+                    ));
+                };
+                m.redelivered.fetch_add(1, Ordering::Relaxed);
+                h.redelivered.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(RecordRef {
+                    seq: rseq,
+                    sender,
+                    typ,
+                    body,
+                    start: p,
+                    end: p + total,
+                    missed: 0,
+                    redelivered: true,
+                }));
+            }
+        }
+        loop {
+            let c = g.cursor.load(Ordering::SeqCst);
+            let tail = h.tail.load(Ordering::Acquire);
+            if c == tail {
+                m.pin.store(NO_PIN, Ordering::SeqCst);
+                return Ok(None);
+            }
+            if c > tail || tail - c > cap {
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("group cursor {c} is outside the log (tail {tail})"),
+                ));
+            }
+            m.pin.store(c, Ordering::SeqCst);
+            if g.cursor.load(Ordering::SeqCst) != c {
+                continue;
+            }
+            let (blen, slen, tlen, rseq) = self.raw_header(c);
+            let Some((total, sender, typ, body)) = self.record_at(c, (blen, slen, tlen), tail - c)
+            else {
+                m.pin.store(NO_PIN, Ordering::SeqCst);
+                return Err(Error::corrupt(
+                    self.name(),
+                    format!("record at {c} is damaged (body {blen}, seq {rseq})"),
+                ));
+            };
+            if g.cursor
+                .compare_exchange(c, c + total, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                g.seq.fetch_max(rseq.wrapping_add(1), Ordering::Relaxed);
+                pair(&h.space_wait).notify();
+                return Ok(Some(RecordRef {
+                    seq: rseq,
+                    sender,
+                    typ,
+                    body,
+                    start: c,
+                    end: c + total,
+                    missed: 0,
+                    redelivered: false,
+                }));
+            }
+        }
+    }
+
+    /// Finish group member `id`'s claim: its memory may be reused.
+    pub fn group_ack(&self, id: MemberId) -> Result<()> {
+        let m = self.member(id.slot)?;
+        if m.pin.swap(NO_PIN, Ordering::SeqCst) != NO_PIN {
+            m.received.fetch_add(1, Ordering::Relaxed);
+            pair(&self.header().space_wait).notify();
+        }
+        Ok(())
+    }
+
+    /// Whether group member `id` has something to claim (without claiming it).
+    fn group_has_work(&self, id: MemberId) -> Result<bool> {
+        let m = self.member(id.slot)?;
+        let g = self.my_group(m)?;
+        Ok(g.orphans.load(Ordering::Acquire) > 0
+            || g.cursor.load(Ordering::Acquire) != self.header().tail.load(Ordering::Acquire))
+    }
+
+    /// Wait until group member `id` has something to claim (true) or the deadline passes.
+    /// Dead peers' claims are looked for between wait slices. Fails with
+    /// [`Error::ShutDown`] once the queue is shut down and the group has nothing left.
+    pub fn group_wait(
+        &self,
+        id: MemberId,
+        spec: WaitSpec,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<bool> {
+        let h = self.header();
+        let t0 = Instant::now();
+        let r = block_on(
+            &pair(&h.data_wait),
+            spec,
+            || {
+                if self.group_has_work(id)? {
+                    return Ok(Some(()));
+                }
+                if h.shutdown.load(Ordering::Acquire) != 0 {
+                    if self.reap_group_peers(id)? > 0 {
+                        return Ok(Some(()));
+                    }
+                    return Err(Error::ShutDown(self.name().to_owned()));
+                }
+                Ok(None)
+            },
+            || {
+                self.reap_group_peers(id)?;
+                on_slice()
+            },
+        );
+        if let Ok(m) = self.member(id.slot) {
+            m.waits.fetch_add(1, Ordering::Relaxed);
+            m.blocked_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        Ok(r?.is_some())
+    }
+
+    /// Whether the member is in a consumer group.
+    pub fn is_group_member(&self, id: MemberId) -> bool {
+        self.seg
+            .member(id.slot)
+            .is_some_and(|m| m.kind.load(Ordering::Relaxed) == KIND_GROUP_MEMBER)
     }
 
     /// Mark `rec` read by `id`: advances the cursor and frees space for writers.
@@ -827,23 +1568,9 @@ impl Queue {
 
     /// Free bytes right now (as a writer would compute it).
     pub fn free_bytes(&self) -> u64 {
-        let h = self.header();
-        let tail = h.tail.load(Ordering::Acquire);
-        let cap = self.capacity();
-        let head = self.min_cursor(tail);
-        cap.saturating_sub(tail.saturating_sub(head))
-    }
-
-    fn min_cursor(&self, tail: u64) -> u64 {
-        self.seg
-            .members()
-            .filter(|(_, m)| {
-                m.state.load(Ordering::Acquire) == M_ACTIVE
-                    && m.kind.load(Ordering::Relaxed) == KIND_READER
-            })
-            .map(|(_, m)| m.cursor.load(Ordering::Acquire).min(tail))
-            .min()
-            .unwrap_or(tail)
+        let tail = self.header().tail.load(Ordering::Acquire);
+        let head = self.scan_head(tail, false).unwrap_or(tail);
+        self.capacity().saturating_sub(tail.saturating_sub(head))
     }
 
     /// A lock-free snapshot.
@@ -854,30 +1581,36 @@ impl Queue {
         let members = self
             .seg
             .members()
-            .filter(|(_, m)| m.state.load(Ordering::Acquire) == M_ACTIVE)
+            .filter(|(_, m)| matches!(m.state.load(Ordering::Acquire), M_ACTIVE | M_ORPHAN))
             .map(|(slot, m)| {
                 let cursor = m.cursor.load(Ordering::Acquire);
                 let next_seq = m.seq.load(Ordering::Relaxed);
                 let kind = m.kind.load(Ordering::Relaxed);
-                let reader = kind == KIND_READER;
+                let orphan = m.state.load(Ordering::Acquire) == M_ORPHAN;
+                let group = (kind == KIND_GROUP_MEMBER)
+                    .then(|| self.group_of(m).map(Member::name))
+                    .flatten();
+                let reads = matches!(kind, KIND_READER | KIND_GROUP);
+                let pin = m.pin.load(Ordering::Acquire);
                 MemberStats {
                     slot,
                     kind,
                     pid: m.pid.load(Ordering::Relaxed),
                     name: m.name(),
-                    alive: proc::alive(
-                        m.pid.load(Ordering::Relaxed),
-                        m.start.load(Ordering::Relaxed),
-                        u64::MAX,
-                    ),
+                    alive: kind == KIND_GROUP
+                        || proc::alive(
+                            m.pid.load(Ordering::Relaxed),
+                            m.start.load(Ordering::Relaxed),
+                            u64::MAX,
+                        ),
                     cursor,
                     next_seq,
-                    lag_messages: if reader {
+                    lag_messages: if reads {
                         wseq.saturating_sub(next_seq)
                     } else {
                         0
                     },
-                    lag_bytes: if reader {
+                    lag_bytes: if reads {
                         tail.saturating_sub(cursor)
                     } else {
                         0
@@ -886,13 +1619,25 @@ impl Queue {
                     sent: m.sent.load(Ordering::Relaxed),
                     waits: m.waits.load(Ordering::Relaxed),
                     blocked_ns: m.blocked_ns.load(Ordering::Relaxed),
+                    lossy: m.flags.load(Ordering::Relaxed) & FLAG_LOSSY != 0,
+                    pin: (pin != NO_PIN).then_some(pin),
+                    missed: m.missed.load(Ordering::Relaxed),
+                    redelivered: if kind == KIND_GROUP {
+                        m.orphans.load(Ordering::Relaxed)
+                    } else {
+                        m.redelivered.load(Ordering::Relaxed)
+                    },
+                    leases: m.leases.load(Ordering::Relaxed),
+                    group,
+                    orphan,
                 }
             })
             .collect();
+        let head = self.scan_head(tail, false).unwrap_or(tail);
         Stats {
             name: self.name().to_owned(),
             capacity: self.capacity(),
-            used_bytes: tail - self.min_cursor(tail).min(tail),
+            used_bytes: tail.saturating_sub(head),
             write_seq: wseq,
             tail,
             shutdown: h.shutdown.load(Ordering::Acquire) != 0,
@@ -900,6 +1645,9 @@ impl Queue {
             reaped: h.reaped.load(Ordering::Relaxed),
             full_events: h.space_wait.events.load(Ordering::Relaxed),
             send_blocked_ns: h.space_wait.blocked_ns.load(Ordering::Relaxed),
+            overruns: h.overruns.load(Ordering::Relaxed),
+            redelivered: h.redelivered.load(Ordering::Relaxed),
+            claims_lost: h.claims_lost.load(Ordering::Relaxed),
             members,
         }
     }

@@ -33,7 +33,7 @@ use crate::proc;
 /// `b"RINGCAST"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RINGCAST");
 /// Layout version written in every segment.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Segment kind: broadcast log.
 pub const KIND_BROADCAST: u32 = 1;
 /// Segment kind: slot ring (reserved for the HDF5 layer).
@@ -41,7 +41,7 @@ pub const KIND_SLOTS: u32 = 2;
 /// Size of the header page.
 pub const HEADER_PAGE: usize = 4096;
 /// Size of one member slot.
-pub const MEMBER_BYTES: usize = 128;
+pub const MEMBER_BYTES: usize = 256;
 /// Most member slots a segment may have.
 pub const MAX_MEMBERS: u32 = 4096;
 /// Largest ring accepted (1 TiB).
@@ -88,13 +88,22 @@ pub struct Header {
     pub shutdown: AtomicU32,
     pub reaped: AtomicU64,
     pub lock_recoveries: AtomicU64,
-    _pad1: [AtomicU64; 5],
+    /// Messages lossy readers missed because a writer lapped them.
+    pub overruns: AtomicU64,
+    /// Claims of dead group members given to another member of the group.
+    pub redelivered: AtomicU64,
+    /// Claims lost because every member of their group died.
+    pub claims_lost: AtomicU64,
+    _pad1: [AtomicU64; 2],
     // --- 192: writer side ---
     pub tail: AtomicU64,
     pub write_seq: AtomicU64,
     pub head_hint: AtomicU64,
     pub lock: AtomicU64,
-    _pad2: [AtomicU64; 4],
+    /// Start of the oldest record still intact: writers advance it (before they overwrite
+    /// anything) past every record they are about to reuse. Lossy readers check it.
+    pub oldest: AtomicU64,
+    _pad2: [AtomicU64; 3],
     // --- 256.. : wait lines ---
     pub lock_wait: WaitLine,
     pub data_wait: WaitLine,
@@ -104,8 +113,23 @@ pub struct Header {
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_PAGE);
 
-/// One member slot (a queue handle or a reader).
-#[repr(C, align(128))]
+/// Member kinds.
+pub const KIND_HANDLE: u32 = 1;
+/// A reader: its cursor holds back writers (unless it is lossy).
+pub const KIND_READER: u32 = 2;
+/// A consumer group: not a process, the cursor its members share.
+pub const KIND_GROUP: u32 = 3;
+/// A member of a consumer group.
+pub const KIND_GROUP_MEMBER: u32 = 4;
+
+/// Value of [`Member::pin`] when nothing is pinned.
+pub const NO_PIN: u64 = u64::MAX;
+
+/// [`Member::flags`] bit: a lossy reader (never holds back writers).
+pub const FLAG_LOSSY: u32 = 1;
+
+/// One member slot (a queue handle, a reader, a consumer group or a group member).
+#[repr(C, align(256))]
 pub struct Member {
     pub state: AtomicU32,
     pub kind: AtomicU32,
@@ -121,6 +145,21 @@ pub struct Member {
     pub name_len: AtomicU32,
     pub flags: AtomicU32,
     pub name: [AtomicU64; 5],
+    /// The oldest position this member still reads from (a lease or a group claim), or
+    /// [`NO_PIN`]. Writers never reuse memory at or after it.
+    pub pin: AtomicU64,
+    /// For a group member: the group's slot and that slot's generation.
+    pub group: AtomicU32,
+    pub group_gen: AtomicU32,
+    /// Messages this (lossy) reader missed.
+    pub missed: AtomicU64,
+    /// For a group: claims of its dead members waiting to be redelivered.
+    pub orphans: AtomicU64,
+    /// Messages this member got as redeliveries.
+    pub redelivered: AtomicU64,
+    /// Leases taken by this reader.
+    pub leases: AtomicU64,
+    _pad: [AtomicU64; 11],
 }
 
 const _: () = assert!(std::mem::size_of::<Member>() == MEMBER_BYTES);
@@ -129,6 +168,8 @@ const _: () = assert!(std::mem::size_of::<Member>() == MEMBER_BYTES);
 pub const M_FREE: u32 = 0;
 pub const M_CLAIMING: u32 = 1;
 pub const M_ACTIVE: u32 = 2;
+/// A dead group member whose claim waits for another member of its group.
+pub const M_ORPHAN: u32 = 3;
 
 /// Longest member name kept in the table (longer names are cut for display only).
 pub const MEMBER_NAME_BYTES: usize = 40;
@@ -642,7 +683,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     let (mut alive, mut dead) = (0, 0);
     for slot in table.chunks_exact(MEMBER_BYTES) {
         let state = u32_at(slot, 0);
-        if state == M_FREE {
+        if state == M_FREE || u32_at(slot, 4) == KIND_GROUP {
             continue;
         }
         if proc::alive(u32_at(slot, 8), u64_at(slot, 16), u64::MAX) {
