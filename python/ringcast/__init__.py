@@ -13,8 +13,10 @@ import multiprocessing.util as _mp_util
 from . import errors
 from ._ringcast import (
     BroadcastQueue,
+    Lease,
     Message,
     Reader,
+    Reservation,
     gc,
     inspect,
     record_size,
@@ -31,6 +33,8 @@ __all__ = [
     "BroadcastQueue",
     "Reader",
     "Message",
+    "Lease",
+    "Reservation",
     "PySyncQ",
     "segments",
     "inspect",

@@ -5,16 +5,20 @@ The public names are re-exported by ``ringcast``; names starting with ``_`` are 
 for type checkers: they cannot be imported at run time.
 """
 
-from collections.abc import Callable, Iterable
+import builtins
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, NoReturn, Optional, TypedDict, Union, final
 
+import numpy as np
 from typing_extensions import Buffer, Self
 
 __all__ = [
     "BroadcastQueue",
     "Reader",
     "Message",
+    "Lease",
+    "Reservation",
     "_attach_queue",
     "_message",
     "_open_queue",
@@ -38,7 +42,7 @@ class _MemberStats(TypedDict):
     """One active member slot, as reported by ``BroadcastQueue.stats()``."""
 
     slot: int
-    kind: Literal["reader", "handle"]
+    kind: Literal["reader", "handle", "group", "group_member"]
     pid: int
     name: str
     alive: bool
@@ -50,6 +54,21 @@ class _MemberStats(TypedDict):
     sent: int
     waits: int
     blocked_s: float
+    lossy: bool
+    pinned: Optional[int]
+    missed: int
+    redelivered: int
+    leases: int
+    group: Optional[str]
+    orphan: bool
+
+class _GroupStats(TypedDict):
+    """Figures of one consumer group in ``BroadcastQueue.stats()["groups"]``."""
+
+    lag_messages: int
+    lag_bytes: int
+    orphaned_claims: int
+    members: int
 
 class _QueueStats(TypedDict):
     """The dict returned by ``BroadcastQueue.stats()``."""
@@ -63,6 +82,12 @@ class _QueueStats(TypedDict):
     reaped: int
     full_events: int
     send_blocked_s: float
+    overruns: int
+    redelivered: int
+    claims_lost: int
+    groups: dict[str, _GroupStats]
+    recv_waits: int
+    recv_blocked_s: float
     members: list[_MemberStats]
     members_alive: int
     members_dead: int
@@ -96,6 +121,14 @@ class Message:
     @property
     def type(self) -> str:
         """The message type (bytes that are not UTF-8 are replaced with U+FFFD)."""
+    @property
+    def missed(self) -> int:
+        """Messages a lossy reader missed (lapped by writers) just before this one."""
+    @property
+    def redelivered(self) -> bool:
+        """Whether a consumer group delivers this message again (its first member died)."""
+    def array(self, dtype: Any = None, shape: Any = None) -> np.ndarray[Any, Any]:
+        """The body as a read-only numpy array (an array message, or raw data of ``dtype``)."""
     def __reduce__(self) -> tuple[Any, ...]:
         """Messages pickle by value (to pass them on to another process)."""
     def __eq__(self, value: object, /) -> bool: ...
@@ -164,8 +197,31 @@ class BroadcastQueue:
         types: Optional[_Names] = None,
         exclude_senders: Optional[_Names] = None,
         exclude_types: Optional[_Names] = None,
+        lossy: bool = False,
+        group: Optional[str] = None,
     ) -> Reader:
-        """A new reader that receives every message sent from now on, optionally screened."""
+        """A new reader that receives every message sent from now on, optionally screened.
+
+        ``lossy=True`` never holds back writers (missed messages are counted);
+        ``group="name"`` joins a consumer group (each message to one of its members).
+        """
+    def send_array(
+        self, array: Any, type: Optional[_Name] = None, *, timeout: Optional[float] = None
+    ) -> int:
+        """Send a numpy array with its dtype and shape (an array message)."""
+    def reserve(
+        self, nbytes: int, type: Optional[_Name] = None, *, timeout: Optional[float] = None
+    ) -> Reservation:
+        """Reserve room for a ``nbytes`` message to fill in place; publish on commit."""
+    def reserve_array(
+        self,
+        shape: Union[int, tuple[int, ...]],
+        dtype: Any,
+        type: Optional[_Name] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Reservation:
+        """``reserve`` for an array message of ``shape`` and ``dtype``."""
     def wait_for_readers(self, n: int, timeout: Optional[float] = None) -> None:
         """Block until at least ``n`` live readers have joined (``Timeout`` after ``timeout`` s)."""
     def shutdown(self) -> None:
@@ -202,6 +258,41 @@ class Reader:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
+    @property
+    def lossy(self) -> bool:
+        """Whether this reader is lossy (never holds back writers)."""
+    @property
+    def group(self) -> Optional[str]:
+        """The consumer group this reader belongs to, if any."""
+    @property
+    def missed(self) -> int:
+        """Messages this lossy reader missed because writers lapped it, in total."""
+    @property
+    def leases_held(self) -> int:
+        """Leases handed out and not yet ended."""
+    @property
+    def spin_us(self) -> float:
+        """Spin window (microseconds) before a blocking receive sleeps."""
+    @spin_us.setter
+    def spin_us(self, v: float) -> None: ...
+    def recv_array(
+        self, timeout: Optional[float] = None, *, dtype: Any = None, shape: Any = None
+    ) -> np.ndarray[Any, Any]:
+        """Receive an array message as a new writable numpy array (one copy)."""
+    def lease(self, timeout: Optional[float] = None) -> Lease:
+        """Lease the next message: a zero-copy read-only view of its body."""
+    def ack(self) -> None:
+        """For a consumer-group reader: finish the message received last."""
+    def _wait(self, timeout: Optional[float]) -> bool:
+        """Wait until a message may be readable, without receiving it."""
+    def recv_async(self, timeout: Optional[float] = None) -> Coroutine[Any, Any, Message]:
+        """``await``-able ``recv`` that never blocks the event loop."""
+    def lease_async(self, timeout: Optional[float] = None) -> _AsyncLease:
+        """``async with reader.lease_async() as m:``."""
+    def __aiter__(self) -> Self:
+        """Return the reader itself."""
+    def __anext__(self) -> Coroutine[Any, Any, Message]:
+        """The next message; stops once the queue is shut down and drained."""
     def recv(self, timeout: Optional[float] = None) -> Message:
         """The next message; ``Empty`` after ``timeout`` s.
 
@@ -243,7 +334,95 @@ class Reader:
         """Always raises ``TypeError``: a Reader cannot be pickled."""
     def __repr__(self) -> str: ...
 
-def _message(sender: bytes, type: bytes, seq: int, body: bytes) -> Message:
+class _AsyncLease:
+    async def __aenter__(self) -> Lease: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    def __await__(self) -> Any: ...
+
+@final
+class Lease:
+    """A leased message: a read-only zero-copy view of its body in shared memory."""
+
+    @property
+    def seq(self) -> int:
+        """The message's sequence number."""
+    @property
+    def sender(self) -> str:
+        """The sender's name."""
+    @property
+    def type(self) -> str:
+        """The message type."""
+    @property
+    def missed(self) -> int:
+        """Messages missed just before this one (0: lossy readers cannot lease)."""
+    @property
+    def redelivered(self) -> bool:
+        """Whether a consumer group delivers this message again."""
+    @property
+    def body(self) -> memoryview:
+        """A read-only memoryview of the body (keeps the lease while it lives)."""
+    @property
+    def released(self) -> bool:
+        """Whether the lease was released."""
+    @property
+    def views(self) -> int:
+        """Views of the body still alive."""
+    def array(self, dtype: Any = None, shape: Any = None) -> np.ndarray[Any, Any]:
+        """The body as a read-only numpy array, zero-copy (keeps the lease while it lives)."""
+    def tobytes(self) -> bytes:
+        """A copy of the body."""
+    def release(self) -> None:
+        """Give the lease back; views still alive keep the memory until they are gone."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        _t: Optional[builtins.type[BaseException]],
+        _v: Optional[BaseException],
+        _tb: Optional[TracebackType],
+    ) -> Literal[False]: ...
+    def __reduce__(self) -> NoReturn: ...
+    def __repr__(self) -> str: ...
+
+@final
+class Reservation:
+    """Room for one message in the ring, filled in place (``BroadcastQueue.reserve``)."""
+
+    @property
+    def views(self) -> int:
+        """Views of the reserved space still alive."""
+    @property
+    def seq(self) -> Optional[int]:
+        """The sequence number, once committed."""
+    def array(self, dtype: Any = None, shape: Any = None) -> np.ndarray[Any, Any]:
+        """A writable numpy view of the reserved space."""
+    def commit(self) -> int:
+        """Publish the message; returns its sequence number."""
+    def abort(self) -> None:
+        """Drop the reservation: nothing is published."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        t: Optional[type[BaseException]],
+        _v: Optional[BaseException],
+        _tb: Optional[TracebackType],
+    ) -> Literal[False]: ...
+    def __reduce__(self) -> NoReturn: ...
+    def __repr__(self) -> str: ...
+
+def _message(
+    sender: bytes,
+    type: bytes,
+    seq: int,
+    body: bytes,
+    missed: int = 0,
+    redelivered: bool = False,
+) -> Message:
     """Rebuild a Message (what unpickling one does)."""
 
 def _attach_queue(

@@ -45,6 +45,9 @@ pub enum Error {
     /// Another thread uses the same handle right now.
     #[error("this {0} is in use by another thread")]
     Busy(&'static str),
+    /// The handle is held in a way that forbids this call now (a lease, a reservation).
+    #[error("{0}")]
+    Held(String),
     /// The caller's slice callback asked to stop (e.g. a Python signal handler raised).
     #[error("interrupted")]
     Interrupted,

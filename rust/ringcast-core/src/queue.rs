@@ -1287,6 +1287,14 @@ impl Queue {
         Ok(())
     }
 
+    /// Messages lossy reader `id` has missed in total (however they were noticed: while
+    /// waiting, screening or receiving).
+    pub fn missed_total(&self, id: MemberId) -> u64 {
+        self.seg
+            .member(id.slot)
+            .map_or(0, |m| m.missed.load(Ordering::Relaxed))
+    }
+
     /// Count a lease taken by `id`.
     pub fn count_lease(&self, id: MemberId) {
         if let Some(m) = self.seg.member(id.slot) {

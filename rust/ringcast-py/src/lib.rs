@@ -3,16 +3,18 @@
 
 mod error;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::c_void;
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyTypeError, PyUnicodeDecodeError};
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyUnicodeDecodeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
+use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
 use ringcast_core::wait::deadline_from_secs;
 use ringcast_core::{
     proc, segment, Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec,
@@ -169,6 +171,18 @@ static REGISTRY: Mutex<Vec<Weak<Membership>>> = Mutex::new(Vec::new());
 impl Membership {
     fn join(q: &Arc<Queue>, kind: u32, name: &[u8]) -> ringcast_core::Result<Arc<Membership>> {
         let id = q.join(kind, name)?;
+        Ok(Membership::register(q, id, name))
+    }
+    /// Join with a custom join call (a lossy reader, a group member).
+    fn join_as(
+        q: &Arc<Queue>,
+        name: &[u8],
+        how: impl FnOnce(&Queue, &[u8]) -> ringcast_core::Result<MemberId>,
+    ) -> ringcast_core::Result<Arc<Membership>> {
+        let id = how(q, name)?;
+        Ok(Membership::register(q, id, name))
+    }
+    fn register(q: &Arc<Queue>, id: MemberId, name: &[u8]) -> Arc<Membership> {
         let m = Arc::new(Membership {
             q: Arc::clone(q),
             id,
@@ -180,7 +194,7 @@ impl Membership {
             reg.retain(|w| w.strong_count() > 0);
             reg.push(Arc::downgrade(&m));
         }
-        Ok(m)
+        m
     }
     fn mine(&self) -> bool {
         self.fork_gen == proc::fork_generation()
@@ -210,6 +224,12 @@ struct Message {
     seq: u64,
     #[pyo3(get)]
     body: Py<PyBytes>,
+    /// Messages a lossy reader missed (lapped by writers) just before this one.
+    #[pyo3(get)]
+    missed: u64,
+    /// Whether a consumer group delivers this message again (its first member died).
+    #[pyo3(get)]
+    redelivered: bool,
 }
 
 #[pymethods]
@@ -231,6 +251,8 @@ impl Message {
             PyBytes::new(py, &self.typ),
             self.seq,
             self.body.clone_ref(py),
+            self.missed,
+            self.redelivered,
         );
         (f, args).into_pyobject(py)
     }
@@ -258,6 +280,18 @@ impl Message {
             .hash(&mut h);
         h.finish()
     }
+    /// The body as a numpy array: an array message (``send_array``) gives its own dtype and
+    /// shape; otherwise pass ``dtype`` (and optionally ``shape``). A read-only view of
+    /// ``body``, no copy.
+    #[pyo3(signature = (dtype=None, shape=None))]
+    fn array<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        shape: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        array_helper(py, "view")?.call1((self.body.bind(py), dtype, shape))
+    }
     fn __repr__(&self, py: Python<'_>) -> String {
         let n = self.body.bind(py).as_bytes().len();
         format!(
@@ -281,6 +315,17 @@ struct PyQueue {
     explicit_sender: Option<Vec<u8>>,
     spin_ns: AtomicU64,
     closed: AtomicBool,
+    /// The thread (see ``thread_tag``) holding a reservation on this queue, or 0.
+    reserving: Arc<AtomicU64>,
+}
+
+/// A number identifying the calling thread (never 0).
+fn thread_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TAG: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TAG.with(|t| *t)
 }
 
 fn random_name() -> String {
@@ -313,6 +358,71 @@ impl PyQueue {
             }
         }
     }
+    /// ``HandleBusy`` if this thread holds a reservation on this queue (it would wait for
+    /// itself).
+    fn not_reserving(&self, py: Python<'_>) -> PyResult<()> {
+        if self.reserving.load(Ordering::Acquire) == thread_tag() {
+            return Err(to_pyerr(
+                py,
+                Error::Held(
+                    "this thread holds a reservation on this queue: commit or abort it first"
+                        .into(),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn reserve_inner(
+        &self,
+        py: Python<'_>,
+        nbytes: usize,
+        r#type: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+        array: Option<(Vec<u8>, Py<PyAny>, Py<PyAny>)>,
+    ) -> PyResult<PyReservation> {
+        let m = self.alive()?;
+        self.not_reserving(py)?;
+        let typ: Vec<u8> = match r#type {
+            Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
+            _ => Vec::new(),
+        };
+        let head_len = array.as_ref().map_or(0, |a| a.0.len());
+        let total = nbytes.checked_add(head_len).ok_or_else(|| {
+            to_pyerr(
+                py,
+                Error::InvalidArgument(format!("{nbytes} bytes is too large")),
+            )
+        })?;
+        let q = Arc::clone(&self.q);
+        let spec = self.spec(deadline(timeout)?);
+        let sender = m.name.clone();
+        let res = blocking(py, move |chk| q.reserve(&sender, &typ, total, spec, chk))?;
+        let base = res.body_ptr() as usize;
+        let (dtype, shape) = match array {
+            Some((head, dt, shp)) => {
+                // SAFETY: the reservation's body has room for the header and the data.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(head.as_ptr(), base as *mut u8, head.len())
+                };
+                (Some(dt), Some(shp))
+            }
+            None => (None, None),
+        };
+        self.reserving.store(thread_tag(), Ordering::Release);
+        Ok(PyReservation {
+            inner: Mutex::new(Some(res)),
+            reserving: Arc::clone(&self.reserving),
+            member: m,
+            ptr: base + head_len,
+            len: nbytes as isize,
+            dtype,
+            shape,
+            exports: AtomicUsize::new(0),
+            seq: Mutex::new(None),
+        })
+    }
+
     fn default_sender(&self) -> Vec<u8> {
         self.explicit_sender
             .clone()
@@ -366,6 +476,7 @@ impl PyQueue {
             explicit_sender,
             spin_ns: AtomicU64::new(spin_ns),
             closed: AtomicBool::new(false),
+            reserving: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -467,6 +578,7 @@ impl PyQueue {
         sender: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         let m = self.alive()?;
+        self.not_reserving(py)?;
         let typ: &[u8] = match r#type {
             Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
             _ => &[],
@@ -527,7 +639,14 @@ impl PyQueue {
 
     /// A new reader that receives every message sent from now on (screened by the
     /// optional ``senders``/``types`` to accept and ``exclude_senders``/``exclude_types``).
-    #[pyo3(signature = (*, name=None, senders=None, types=None, exclude_senders=None, exclude_types=None))]
+    ///
+    /// ``lossy=True``: the reader never holds back writers; when writers lap it, its next
+    /// receive continues from the oldest message still there and reports how many it
+    /// missed (``Message.missed``, ``Reader.missed``). ``group="name"``: the reader joins
+    /// that consumer group; the group's members share one cursor, so each message goes to
+    /// one of them, and a message whose member dies before finishing it is redelivered.
+    #[pyo3(signature = (*, name=None, senders=None, types=None, exclude_senders=None, exclude_types=None, lossy=false, group=None))]
+    #[allow(clippy::too_many_arguments)] // one per Python keyword argument
     fn reader(
         &self,
         py: Python<'_>,
@@ -536,6 +655,8 @@ impl PyQueue {
         types: Option<&Bound<'_, PyAny>>,
         exclude_senders: Option<&Bound<'_, PyAny>>,
         exclude_types: Option<&Bound<'_, PyAny>>,
+        lossy: bool,
+        group: Option<String>,
     ) -> PyResult<PyReader> {
         let me = self.alive()?;
         let filter = Filter {
@@ -544,20 +665,111 @@ impl PyQueue {
             exclude_senders: byte_set(exclude_senders, "exclude_senders")?.unwrap_or_default(),
             exclude_types: byte_set(exclude_types, "exclude_types")?.unwrap_or_default(),
         };
+        if group.is_some() {
+            let screened = filter.senders.is_some()
+                || filter.types.is_some()
+                || !filter.exclude_senders.is_empty()
+                || !filter.exclude_types.is_empty();
+            if screened || lossy {
+                return Err(to_pyerr(
+                    py,
+                    Error::InvalidArgument(
+                        "a consumer-group reader takes every message of its group: it cannot screen senders or types, nor be lossy".into(),
+                    ),
+                ));
+            }
+        }
         let name = match name {
             Some(n) if !n.is_none() => text_or_bytes(n, "name")?,
             _ => me.name.clone(),
         };
         let q = Arc::clone(&self.q);
+        let gname = group.clone();
         let m = py
-            .detach(move || Membership::join(&q, KIND_READER, &name))
+            .detach(move || match gname {
+                Some(g) => Membership::join_as(&q, &name, |q, n| q.join_group(n, g.as_bytes())),
+                None => Membership::join_as(&q, &name, |q, n| q.join_reader(n, lossy)),
+            })
             .map_err(to_pyerr_now)?;
         Ok(PyReader {
             m,
-            state: Mutex::new(filter),
+            filter: Mutex::new(Arc::new(filter)),
+            busy: AtomicBool::new(false),
             spin_ns: AtomicU64::new(self.spin_ns.load(Ordering::Relaxed)),
             closed: AtomicBool::new(false),
+            lossy,
+            group,
+            missed: AtomicU64::new(0),
+            book: Arc::new(LeaseBook::default()),
         })
+    }
+
+    /// Send a numpy array (any dtype without Python objects, any shape) as an array
+    /// message: its dtype and shape travel with it; ``Reader.recv_array`` and
+    /// ``Lease.array()`` give it back. Non-contiguous arrays are copied to C order first.
+    #[pyo3(signature = (array, r#type=None, *, timeout=None))]
+    fn send_array(
+        &self,
+        py: Python<'_>,
+        array: &Bound<'_, PyAny>,
+        r#type: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<u64> {
+        let m = self.alive()?;
+        self.not_reserving(py)?;
+        let enc = array_helper(py, "encode")?.call1((array,))?;
+        let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
+        let typ: &[u8] = match r#type {
+            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
+            _ => &[],
+        };
+        let buf = Buf::get(&data)?;
+        let (s, t, h, b) = (
+            SendSlice::of(&m.name),
+            SendSlice::of(typ),
+            SendSlice::of(head.as_bytes()),
+            SendSlice::of(buf.as_slice()),
+        );
+        let q = Arc::clone(&self.q);
+        let spec = self.spec(deadline(timeout)?);
+        // SAFETY: every slice is owned by this frame for the whole call.
+        let seq = blocking(py, move |chk| unsafe {
+            q.send(s.get(), t.get(), &[h.get(), b.get()], spec, chk)
+        })?;
+        self.q.count_sent(m.id);
+        Ok(seq)
+    }
+
+    /// Reserve room for a ``nbytes`` message and fill it in place (zero-copy), e.g.
+    /// ``with q.reserve(n) as r: f.readinto(r)``. The message is published when the
+    /// ``with`` block ends normally (or ``r.commit()``), and not at all if it raises (or
+    /// ``r.abort()``). Other writers wait meanwhile. Views of ``r`` must be gone by then:
+    /// committing with a view still alive raises ``HandleBusy`` and sends nothing.
+    #[pyo3(signature = (nbytes, r#type=None, *, timeout=None))]
+    fn reserve(
+        &self,
+        py: Python<'_>,
+        nbytes: usize,
+        r#type: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<PyReservation> {
+        self.reserve_inner(py, nbytes, r#type, timeout, None)
+    }
+
+    /// ``reserve`` for an array of ``shape`` and ``dtype`` sent as an array message:
+    /// ``with q.reserve_array((512, 512), "u2") as r: detector.read_into(r.array())``.
+    #[pyo3(signature = (shape, dtype, r#type=None, *, timeout=None))]
+    fn reserve_array(
+        &self,
+        py: Python<'_>,
+        shape: &Bound<'_, PyAny>,
+        dtype: &Bound<'_, PyAny>,
+        r#type: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<PyReservation> {
+        let spec = array_helper(py, "header_for")?.call1((shape, dtype))?;
+        let (head, nbytes, dt, shp): (Vec<u8>, usize, Py<PyAny>, Py<PyAny>) = spec.extract()?;
+        self.reserve_inner(py, nbytes, r#type, timeout, Some((head, dt, shp)))
     }
 
     /// Block until at least ``n`` live readers have joined (``Timeout`` after ``timeout`` s).
@@ -638,13 +850,28 @@ impl PyQueue {
 
 /// Rebuild a Message (what unpickling one does).
 #[pyfunction]
-fn _message(sender: Vec<u8>, r#type: Vec<u8>, seq: u64, body: Py<PyBytes>) -> Message {
+#[pyo3(signature = (sender, r#type, seq, body, missed=0, redelivered=false))]
+fn _message(
+    sender: Vec<u8>,
+    r#type: Vec<u8>,
+    seq: u64,
+    body: Py<PyBytes>,
+    missed: u64,
+    redelivered: bool,
+) -> Message {
     Message {
         sender,
         typ: r#type,
         seq,
         body,
+        missed,
+        redelivered,
     }
+}
+
+/// A function of ``ringcast._array``.
+fn array_helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("ringcast._array")?.getattr(name)
 }
 
 /// Attach to a queue by name (what unpickling a BroadcastQueue does).
@@ -700,17 +927,23 @@ fn stats_dict<'py>(py: Python<'py>, q: &Queue) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("reaped", s.reaped)?;
     d.set_item("full_events", s.full_events)?;
     d.set_item("send_blocked_s", s.send_blocked_ns as f64 / 1e9)?;
+    d.set_item("overruns", s.overruns)?;
+    d.set_item("redelivered", s.redelivered)?;
+    d.set_item("claims_lost", s.claims_lost)?;
     let members = PyList::empty(py);
+    let groups = PyDict::new(py);
     let (mut live, mut dead, mut readers) = (0, 0, 0);
+    let (mut waits, mut blocked) = (0u64, 0u64);
     for m in &s.members {
         let md = PyDict::new(py);
         md.set_item("slot", m.slot)?;
         md.set_item(
             "kind",
-            if m.kind == KIND_READER {
-                "reader"
-            } else {
-                "handle"
+            match m.kind {
+                KIND_READER => "reader",
+                KIND_GROUP => "group",
+                KIND_GROUP_MEMBER => "group_member",
+                _ => "handle",
             },
         )?;
         md.set_item("pid", m.pid)?;
@@ -724,16 +957,50 @@ fn stats_dict<'py>(py: Python<'py>, q: &Queue) -> PyResult<Bound<'py, PyDict>> {
         md.set_item("sent", m.sent)?;
         md.set_item("waits", m.waits)?;
         md.set_item("blocked_s", m.blocked_ns as f64 / 1e9)?;
+        md.set_item("lossy", m.lossy)?;
+        md.set_item("pinned", m.pin)?;
+        md.set_item("missed", m.missed)?;
+        md.set_item("redelivered", m.redelivered)?;
+        md.set_item("leases", m.leases)?;
+        md.set_item(
+            "group",
+            m.group
+                .as_ref()
+                .map(|g| String::from_utf8_lossy(g).into_owned()),
+        )?;
+        md.set_item("orphan", m.orphan)?;
+        waits += m.waits;
+        blocked += m.blocked_ns;
+        if m.kind == KIND_GROUP {
+            let gd = PyDict::new(py);
+            gd.set_item("lag_messages", m.lag_messages)?;
+            gd.set_item("lag_bytes", m.lag_bytes)?;
+            gd.set_item("orphaned_claims", m.redelivered)?;
+            let n = s
+                .members
+                .iter()
+                .filter(|x| {
+                    x.kind == KIND_GROUP_MEMBER && x.group.as_ref() == Some(&m.name) && !x.orphan
+                })
+                .count();
+            gd.set_item("members", n)?;
+            groups.set_item(String::from_utf8_lossy(&m.name), gd)?;
+            members.append(md)?;
+            continue;
+        }
         members.append(md)?;
-        if m.alive {
+        if m.alive && !m.orphan {
             live += 1;
-            if m.kind == KIND_READER {
+            if m.kind == KIND_READER || m.kind == KIND_GROUP_MEMBER {
                 readers += 1;
             }
         } else {
             dead += 1;
         }
     }
+    d.set_item("groups", groups)?;
+    d.set_item("recv_waits", waits)?;
+    d.set_item("recv_blocked_s", blocked as f64 / 1e9)?;
     d.set_item("members", members)?;
     d.set_item("members_alive", live)?;
     d.set_item("members_dead", dead)?;
@@ -761,56 +1028,168 @@ impl<R> Recv<R> {
     }
 }
 
+/// The leases a reader has handed out and not yet had back, by record position.
+#[derive(Default)]
+struct LeaseBook {
+    open: Mutex<BTreeMap<u64, u32>>,
+    /// The reader was closed while leases were out: leave when the last one ends.
+    leave_when_done: AtomicBool,
+}
+
+impl LeaseBook {
+    fn add(&self, pos: u64) -> u64 {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open.entry(pos).or_insert(0) += 1;
+        open.keys().next().copied().unwrap_or(segment::NO_PIN)
+    }
+    /// Remove one lease at `pos`; returns the new lowest pin and whether none is left.
+    fn remove(&self, pos: u64) -> (u64, bool) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&pos) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&pos);
+            }
+        }
+        let low = open.keys().next().copied();
+        (low.unwrap_or(segment::NO_PIN), low.is_none())
+    }
+    fn count(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values().map(|&n| n as usize).sum()
+    }
+}
+
+/// Marks a reader in use by one receive; a second concurrent one gets ``HandleBusy``.
+struct InUse<'a>(&'a AtomicBool);
+
+impl<'a> InUse<'a> {
+    fn take(flag: &'a AtomicBool) -> Result<Self, Error> {
+        if flag.swap(true, Ordering::Acquire) {
+            return Err(Error::Busy("Reader"));
+        }
+        Ok(InUse(flag))
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// A reader of a BroadcastQueue: its own cursor, holding back writers until it has read.
 #[pyclass(module = "ringcast", name = "Reader", frozen)]
 struct PyReader {
     m: Arc<Membership>,
-    state: Mutex<Filter>,
+    filter: Mutex<Arc<Filter>>,
+    busy: AtomicBool,
     spin_ns: AtomicU64,
     closed: AtomicBool,
+    lossy: bool,
+    group: Option<String>,
+    /// Messages missed (lossy) reported on messages so far.
+    missed: AtomicU64,
+    book: Arc<LeaseBook>,
 }
 
+type Build<'a, 'py, R> =
+    dyn FnMut(Python<'py>, &ringcast_core::RecordRef<'_>, u64) -> PyResult<R> + 'a;
+
 impl PyReader {
-    /// Receive one message, building the result with `build` before the record is consumed
-    /// (so a failing build — e.g. a decode error — loses nothing). `Ok(None)` on timeout.
+    fn check_usable(&self) -> BResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("Reader").into());
+        }
+        if !self.m.mine() {
+            return Err(Error::Forked("Reader").into());
+        }
+        Ok(())
+    }
+
+    fn current_filter(&self) -> Arc<Filter> {
+        let f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&f)
+    }
+
+    /// One receive attempt without waiting. `build` makes the result before the record is
+    /// consumed (so a failing build loses nothing); `missed` is what a lossy reader missed
+    /// before this record.
+    fn take_one<'py, R>(
+        &self,
+        py: Python<'py>,
+        filter: &Filter,
+        build: &mut Build<'_, 'py, R>,
+    ) -> PyResult<Option<R>> {
+        let q = &self.m.q;
+        let id = self.m.id;
+        if self.group.is_some() {
+            if self.book.count() > 0 {
+                return Err(to_pyerr(
+                    py,
+                    Error::Held(
+                        "a lease of this consumer-group reader is still held: release it before receiving again".into(),
+                    ),
+                ));
+            }
+            return match q.group_next(id).map_err(|e| to_pyerr(py, e))? {
+                Some(rec) => build(py, &rec, 0).map(Some),
+                None => Ok(None),
+            };
+        }
+        loop {
+            let Some(rec) = q.next_for(id, filter).map_err(|e| to_pyerr(py, e))? else {
+                return Ok(None);
+            };
+            // Misses are counted in shared memory wherever they were noticed (also while
+            // waiting); the message reports those not reported yet.
+            let total = if self.lossy { q.missed_total(id) } else { 0 };
+            let missed = total.saturating_sub(self.missed.load(Ordering::Relaxed));
+            let out = build(py, &rec, missed)?;
+            if self.lossy && !q.intact(rec.start) {
+                continue; // overwritten while copied: drop the copy, resync
+            }
+            q.consume(id, rec.end, rec.seq)
+                .map_err(|e| to_pyerr(py, e))?;
+            self.missed.store(total, Ordering::Relaxed);
+            return Ok(Some(out));
+        }
+    }
+
+    /// Receive one message, waiting up to `timeout`.
     fn recv_with<'py, R>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-        build: impl Fn(Python<'py>, &ringcast_core::RecordRef<'_>) -> PyResult<R>,
+        build: &mut Build<'_, 'py, R>,
     ) -> PyResult<Recv<R>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(to_pyerr(py, Error::Closed("Reader")));
-        }
-        if !self.m.mine() {
-            return Err(to_pyerr(py, Error::Forked("Reader")));
-        }
-        let filter = self
-            .state
-            .try_lock()
-            .map_err(|_| to_pyerr(py, Error::Busy("Reader")))?;
+        self.check_usable()?;
+        let _busy = InUse::take(&self.busy).map_err(|e| to_pyerr(py, e))?;
         let d = deadline(timeout)?;
+        let filter = self.current_filter();
         let q = &self.m.q;
-        let id = self.m.id;
         loop {
-            if let Some(rec) = q.next_for(id, &filter).map_err(|e| to_pyerr(py, e))? {
-                let out = build(py, &rec)?;
-                q.consume(id, rec.end, rec.seq)
-                    .map_err(|e| to_pyerr(py, e))?;
+            if let Some(out) = self.take_one(py, &filter, build)? {
                 return Ok(Recv::Got(out));
             }
             if q.is_shutdown() {
-                return Ok(Recv::ShutDown);
+                if self.group.is_none() {
+                    return Ok(Recv::ShutDown);
+                }
+                match q.group_wait(
+                    self.m.id,
+                    WaitSpec::nowait(),
+                    &mut ringcast_core::wait::no_check,
+                ) {
+                    Ok(true) => continue,
+                    Ok(false) | Err(Error::ShutDown(_)) => return Ok(Recv::ShutDown),
+                    Err(e) => return Err(to_pyerr(py, e)),
+                }
             }
             if d.expired() {
                 return Ok(Recv::TimedOut);
             }
-            let spec = WaitSpec {
-                deadline: d,
-                spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
-            };
-            let f: &Filter = &filter;
-            match blocking(py, move |chk| q.wait_readable(id, f, spec, chk)) {
+            match self.wait(py, &filter, d) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Recv::TimedOut),
                 Err(BindError::Core(Error::ShutDown(_))) => return Ok(Recv::ShutDown),
@@ -819,12 +1198,55 @@ impl PyReader {
         }
     }
 
-    fn message(py: Python<'_>, r: &ringcast_core::RecordRef<'_>) -> PyResult<Message> {
+    /// Wait (GIL released) until something may be readable, or the deadline.
+    fn wait(&self, py: Python<'_>, filter: &Filter, d: Deadline) -> BResult<bool> {
+        let spec = WaitSpec {
+            deadline: d,
+            spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
+        };
+        let q = &self.m.q;
+        let id = self.m.id;
+        if self.group.is_some() {
+            blocking(py, move |chk| q.group_wait(id, spec, chk))
+        } else {
+            blocking(py, move |chk| q.wait_readable(id, filter, spec, chk))
+        }
+    }
+
+    fn message(py: Python<'_>, r: &ringcast_core::RecordRef<'_>, missed: u64) -> PyResult<Message> {
         Ok(Message {
             sender: r.sender.to_vec(),
             typ: r.typ.to_vec(),
             seq: r.seq,
             body: PyBytes::new(py, r.body).unbind(),
+            missed,
+            redelivered: r.redelivered,
+        })
+    }
+
+    /// Make a Lease of `r` (pinning it first; the caller consumes the record after).
+    fn make_lease(&self, r: &ringcast_core::RecordRef<'_>, missed: u64) -> BResult<Lease> {
+        let q = &self.m.q;
+        let low = self.book.add(r.start);
+        if self.group.is_none() {
+            q.set_pin(self.m.id, low)?;
+        }
+        q.count_lease(self.m.id);
+        Ok(Lease {
+            m: Arc::clone(&self.m),
+            book: Arc::clone(&self.book),
+            group: self.group.is_some(),
+            start: r.start,
+            ptr: r.body.as_ptr() as usize,
+            len: r.body.len() as isize,
+            seq: r.seq,
+            sender: r.sender.to_vec(),
+            typ: r.typ.to_vec(),
+            missed,
+            redelivered: r.redelivered,
+            exports: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
+            done: AtomicBool::new(false),
         })
     }
 
@@ -842,6 +1264,10 @@ impl PyReader {
             Err(e) => e,
         }
     }
+
+    fn aio<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        py.import("ringcast._aio")?.getattr(name)
+    }
 }
 
 #[pymethods]
@@ -850,7 +1276,7 @@ impl PyReader {
     /// ``queue.Empty``, on timeout, and ``QueueShutDown`` once a shut-down queue is drained).
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Message> {
-        self.recv_with(py, timeout, Self::message)?
+        self.recv_with(py, timeout, &mut Self::message)?
             .or_raise(py, &self.m.q, timeout)
     }
 
@@ -866,8 +1292,58 @@ impl PyReader {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        self.recv_with(py, timeout, |py, r| Ok(PyBytes::new(py, r.body)))?
+        self.recv_with(py, timeout, &mut |py, r, _| Ok(PyBytes::new(py, r.body)))?
             .or_raise(py, &self.m.q, timeout)
+    }
+
+    /// Receive an array message (``BroadcastQueue.send_array``) as a new writable numpy
+    /// array (one copy, straight from shared memory). With ``dtype`` (and ``shape``), any
+    /// message's body is read as raw data of that type.
+    #[pyo3(signature = (timeout=None, *, dtype=None, shape=None))]
+    fn recv_array<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        shape: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let copy = array_helper(py, "copy")?;
+        self.recv_with(py, timeout, &mut |py, r, _| {
+            // A read-only memoryview of the record, alive only during this call: the
+            // helper copies out of it.
+            let mv = unsafe { readonly_memoryview(py, r.body) }?;
+            let out = copy.call1((&mv, dtype, shape));
+            mv.call_method0("release")?;
+            out
+        })?
+        .or_raise(py, &self.m.q, timeout)
+    }
+
+    /// Lease the next message: a zero-copy, read-only view of its body in shared memory.
+    ///
+    /// Use as ``with reader.lease() as m:`` — ``m`` supports the buffer protocol
+    /// (``memoryview(m)``, ``numpy.frombuffer(m)``) and ``m.array()``. The message's memory
+    /// is not reused while the lease is held: the lease ends when the ``with`` block ends
+    /// (or ``m.release()``) *and* the last view of it is gone, so a view kept after the
+    /// block keeps its bytes. The reader itself moves on at once; every lease held keeps
+    /// writers from reusing memory from its message on, so release leases promptly.
+    /// Raises ``Empty`` on timeout and ``QueueShutDown`` once drained; a lossy reader
+    /// cannot lease (``InvalidArgument``).
+    #[pyo3(signature = (timeout=None))]
+    fn lease(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Lease> {
+        if self.lossy {
+            return Err(to_pyerr(
+                py,
+                Error::InvalidArgument(
+                    "a lossy reader cannot lease: writers may overwrite what it reads; use recv() (a copy)"
+                        .into(),
+                ),
+            ));
+        }
+        self.recv_with(py, timeout, &mut |_, r, missed| {
+            self.make_lease(r, missed).map_err(PyErr::from)
+        })?
+        .or_raise(py, &self.m.q, timeout)
     }
 
     /// Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then takes
@@ -882,7 +1358,7 @@ impl PyReader {
         let out = PyList::empty(py);
         let mut t = timeout;
         while out.len() < max_messages {
-            match self.recv_with(py, t, Self::message)? {
+            match self.recv_with(py, t, &mut Self::message)? {
                 Recv::Got(m) => out.append(m)?,
                 Recv::TimedOut => break,
                 Recv::ShutDown if !out.is_empty() => break,
@@ -904,7 +1380,7 @@ impl PyReader {
         timeout: Option<f64>,
         decode: bool,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let got = self.recv_with(py, timeout, |py, r| {
+        let got = self.recv_with(py, timeout, &mut |py, r, _| {
             if decode {
                 let parts = [r.sender, r.typ, r.body];
                 let mut strs = Vec::with_capacity(3);
@@ -942,13 +1418,70 @@ impl PyReader {
     ) -> PyResult<()> {
         let es = byte_set(Some(exclude_senders), "exclude_senders")?.unwrap_or_default();
         let et = byte_set(Some(exclude_types), "exclude_types")?.unwrap_or_default();
-        let mut f = self
-            .state
-            .try_lock()
-            .map_err(|_| to_pyerr_now(Error::Busy("Reader")))?;
-        f.exclude_senders = es;
-        f.exclude_types = et;
+        let mut f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nf = Filter::clone(&f);
+        nf.exclude_senders = es;
+        nf.exclude_types = et;
+        *f = Arc::new(nf);
         Ok(())
+    }
+
+    /// Wait up to ``timeout`` s (GIL released) until a message may be readable, without
+    /// receiving it: ``True`` if one may be, ``False`` on timeout. Raises ``QueueShutDown``
+    /// once the queue is shut down and drained. Used by the asyncio methods.
+    #[pyo3(signature = (timeout))]
+    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.check_usable()?;
+        let filter = self.current_filter();
+        let d = deadline(timeout)?;
+        match self.wait(py, &filter, d) {
+            Ok(b) => Ok(b),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// For a consumer-group reader: finish the message received last, so a crash from now
+    /// on does not redeliver it (the next receive does this too).
+    fn ack(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_usable()?;
+        if self.group.is_none() {
+            return Ok(());
+        }
+        if self.book.count() > 0 {
+            return Err(to_pyerr(
+                py,
+                Error::InvalidArgument("release the lease to finish a leased message".into()),
+            ));
+        }
+        self.m.q.group_ack(self.m.id).map_err(|e| to_pyerr(py, e))
+    }
+
+    /// ``await reader.recv_async(timeout)``: like ``recv`` without blocking the event loop;
+    /// cancelling it never loses a message.
+    #[pyo3(signature = (timeout=None))]
+    fn recv_async<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::aio(slf.py(), "recv_async")?.call1((slf, timeout))
+    }
+
+    /// ``async with reader.lease_async(timeout) as m:``: ``lease`` for asyncio.
+    #[pyo3(signature = (timeout=None))]
+    fn lease_async<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::aio(slf.py(), "AsyncLease")?.call1((slf, timeout))
+    }
+
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// ``async for msg in reader``: until the queue is shut down and drained.
+    fn __anext__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Self::aio(slf.py(), "anext")?.call1((slf,))
     }
 
     /// ``(cursor, next_seq)``: byte position and sequence number of the next message.
@@ -957,11 +1490,54 @@ impl PyReader {
         self.m.q.position(self.m.id).map_err(to_pyerr_now)
     }
 
-    /// Messages sent but not yet read by this reader.
+    /// Messages sent but not yet read by this reader (its group, for a group reader).
     #[getter]
     fn lag(&self) -> PyResult<u64> {
+        if let Some(g) = &self.group {
+            let st = self.m.q.stats();
+            return Ok(st
+                .members
+                .iter()
+                .find(|m| m.kind == KIND_GROUP && m.name == g.as_bytes())
+                .map_or(0, |m| m.lag_messages));
+        }
         let (_, seq) = self.position()?;
         Ok(self.m.q.write_seq().saturating_sub(seq))
+    }
+
+    /// Whether this reader is lossy (never holds back writers).
+    #[getter]
+    fn lossy(&self) -> bool {
+        self.lossy
+    }
+
+    /// The consumer group this reader belongs to, if any.
+    #[getter]
+    fn group(&self) -> Option<String> {
+        self.group.clone()
+    }
+
+    /// Messages this (lossy) reader missed because writers lapped it, in total.
+    #[getter]
+    fn missed(&self) -> u64 {
+        self.m.q.missed_total(self.m.id)
+    }
+
+    /// Leases handed out and not yet ended.
+    #[getter]
+    fn leases_held(&self) -> usize {
+        self.book.count()
+    }
+
+    /// Spin window (microseconds) before a blocking receive sleeps; 0 sleeps at once.
+    #[getter]
+    fn get_spin_us(&self) -> f64 {
+        self.spin_ns.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+    #[setter]
+    fn set_spin_us(&self, v: f64) -> PyResult<()> {
+        self.spin_ns.store(spin_from_us(v)?, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether ``close()`` was called.
@@ -970,9 +1546,16 @@ impl PyReader {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Leave: this reader no longer holds back writers.
+    /// Leave: this reader no longer holds back writers. With leases still held, it leaves
+    /// when the last one ends (their memory stays valid until then).
     fn close(&self, py: Python<'_>) {
         if !self.closed.swap(true, Ordering::AcqRel) {
+            if self.book.count() > 0 {
+                self.book.leave_when_done.store(true, Ordering::Release);
+                if self.book.count() > 0 {
+                    return;
+                }
+            }
             let m = Arc::clone(&self.m);
             py.detach(move || m.leave());
         }
@@ -996,7 +1579,7 @@ impl PyReader {
     }
     /// Iteration blocks for the next message and stops when the queue is shut down.
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Message>> {
-        match self.recv_with(py, None, Self::message)? {
+        match self.recv_with(py, None, &mut Self::message)? {
             Recv::Got(m) => Ok(Some(m)),
             Recv::TimedOut | Recv::ShutDown => Ok(None),
         }
@@ -1007,11 +1590,414 @@ impl PyReader {
         ))
     }
     fn __repr__(&self) -> String {
+        let mut extra = String::new();
+        if self.lossy {
+            extra.push_str(", lossy");
+        }
+        if let Some(g) = &self.group {
+            extra.push_str(&format!(", group={g:?}"));
+        }
+        if self.closed() {
+            extra.push_str(", closed");
+        }
         format!(
-            "Reader(queue={:?}, slot={}{})",
+            "Reader(queue={:?}, slot={}{extra})",
             self.m.q.name(),
             self.m.id.slot,
-            if self.closed() { ", closed" } else { "" }
+        )
+    }
+}
+
+/// A temporary read-only memoryview over `data` (the caller releases it before `data` may
+/// change).
+unsafe fn readonly_memoryview<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let p = ffi::PyMemoryView_FromMemory(
+        data.as_ptr() as *mut std::os::raw::c_char,
+        data.len() as ffi::Py_ssize_t,
+        ffi::PyBUF_READ,
+    );
+    Bound::from_owned_ptr_or_err(py, p)
+}
+
+static ONE: isize = 1;
+static FORMAT_B: &[u8] = b"B\0";
+
+/// Fill a one-dimensional byte buffer export of `owner`.
+unsafe fn fill_view(
+    view: *mut ffi::Py_buffer,
+    flags: c_int,
+    owner: Bound<'_, PyAny>,
+    ptr: usize,
+    len: *const isize,
+    readonly: bool,
+) -> PyResult<()> {
+    if view.is_null() {
+        return Err(PyBufferError::new_err("no view to fill"));
+    }
+    if readonly && (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
+        return Err(PyBufferError::new_err(
+            "a leased message is read-only (copy it to change it)",
+        ));
+    }
+    let v = &mut *view;
+    v.obj = owner.into_ptr();
+    v.buf = ptr as *mut c_void;
+    v.len = *len;
+    v.readonly = c_int::from(readonly);
+    v.itemsize = 1;
+    v.format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
+        FORMAT_B.as_ptr() as *mut std::os::raw::c_char
+    } else {
+        std::ptr::null_mut()
+    };
+    v.ndim = 1;
+    v.shape = if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND {
+        len as *mut isize
+    } else {
+        std::ptr::null_mut()
+    };
+    v.strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
+        &ONE as *const isize as *mut isize
+    } else {
+        std::ptr::null_mut()
+    };
+    v.suboffsets = std::ptr::null_mut();
+    v.internal = std::ptr::null_mut();
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------- Reservation
+
+/// Room for one message in the ring, filled in place; see ``BroadcastQueue.reserve``.
+#[pyclass(module = "ringcast", name = "Reservation", frozen)]
+struct PyReservation {
+    inner: Mutex<Option<ringcast_core::queue::Reservation>>,
+    reserving: Arc<AtomicU64>,
+    member: Arc<Membership>,
+    ptr: usize,
+    len: isize,
+    dtype: Option<Py<PyAny>>,
+    shape: Option<Py<PyAny>>,
+    exports: AtomicUsize,
+    seq: Mutex<Option<u64>>,
+}
+
+impl PyReservation {
+    fn open(&self) -> PyResult<()> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.is_none() {
+            return Err(to_pyerr_now(Error::Closed(
+                "Reservation (it was committed or aborted)",
+            )));
+        }
+        if !self.member.mine() {
+            return Err(to_pyerr_now(Error::Forked("Reservation")));
+        }
+        Ok(())
+    }
+    fn end(&self) -> Option<ringcast_core::queue::Reservation> {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if r.is_some() {
+            self.reserving.store(0, Ordering::Release);
+        }
+        r
+    }
+}
+
+impl Drop for PyReservation {
+    fn drop(&mut self) {
+        if self.member.mine() {
+            self.end();
+        } else if let Some(r) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Inherited through fork: the lock belongs to the parent; never release it here.
+            std::mem::forget(r);
+        }
+    }
+}
+
+#[pymethods]
+impl PyReservation {
+    /// Bytes to fill.
+    fn __len__(&self) -> usize {
+        self.len as usize
+    }
+    /// A writable numpy view of the reserved space: for ``reserve_array`` the array itself;
+    /// otherwise pass ``dtype`` (and ``shape``). Let it go before the reservation ends.
+    #[pyo3(signature = (dtype=None, shape=None))]
+    fn array<'py>(
+        slf: &Bound<'py, Self>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        shape: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        me.open()?;
+        let np = py.import("numpy")?;
+        let (dt, shp) = match (dtype, &me.dtype) {
+            (Some(d), _) => (d.clone(), shape.cloned()),
+            (None, Some(d)) => (
+                d.bind(py).clone(),
+                me.shape.as_ref().map(|s| s.bind(py).clone()),
+            ),
+            (None, None) => (PyString::new(py, "u1").into_any(), shape.cloned()),
+        };
+        let a = np.call_method1("frombuffer", (slf, dt))?;
+        match shp {
+            Some(s) if !s.is_none() => a.call_method1("reshape", (s,)),
+            _ => Ok(a),
+        }
+    }
+    /// Views of the reserved space still alive.
+    #[getter]
+    fn views(&self) -> usize {
+        self.exports.load(Ordering::Acquire)
+    }
+    /// The sequence number, once committed.
+    #[getter]
+    fn seq(&self) -> Option<u64> {
+        *self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Publish the message; returns its sequence number. Raises ``HandleBusy`` (and sends
+    /// nothing) if a view of the reserved space is still alive.
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        self.open()?;
+        let views = self.exports.load(Ordering::Acquire);
+        if views > 0 {
+            self.end();
+            return Err(to_pyerr(
+                py,
+                Error::Held(format!(
+                    "{views} view(s) of the reserved space are still alive (del them before the reservation ends): the message was not sent"
+                )),
+            ));
+        }
+        let res = self
+            .end()
+            .ok_or_else(|| to_pyerr(py, Error::Closed("Reservation")))?;
+        let seq = res.commit();
+        self.member.q.count_sent(self.member.id);
+        *self.seq.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
+        Ok(seq)
+    }
+    /// Drop the reservation: nothing is published.
+    fn abort(&self) {
+        self.end();
+    }
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        t: Option<&Bound<'_, PyAny>>,
+        _v: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let ok = t.is_none_or(|t| t.is_none());
+        let open = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if ok && open {
+            self.commit(py)?;
+        } else {
+            self.abort();
+        }
+        Ok(false)
+    }
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        me.open()?;
+        let (ptr, len) = (me.ptr, &me.len as *const isize);
+        let owner = slf.clone().into_any();
+        fill_view(view, flags, owner, ptr, len, false)?;
+        me.exports.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        self.exports.fetch_sub(1, Ordering::AcqRel);
+    }
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err("a Reservation cannot be pickled"))
+    }
+    fn __repr__(&self) -> String {
+        let open = self.inner.lock().map(|i| i.is_some()).unwrap_or(false);
+        format!(
+            "Reservation(<{} bytes>{})",
+            self.len,
+            if open { "" } else { ", ended" }
+        )
+    }
+}
+
+// ------------------------------------------------------------------------------- Lease
+
+/// A leased message: a read-only zero-copy view of its body in shared memory.
+#[pyclass(module = "ringcast", name = "Lease", frozen)]
+struct Lease {
+    m: Arc<Membership>,
+    book: Arc<LeaseBook>,
+    group: bool,
+    start: u64,
+    ptr: usize,
+    len: isize,
+    /// The message's sequence number.
+    #[pyo3(get)]
+    seq: u64,
+    sender: Vec<u8>,
+    typ: Vec<u8>,
+    /// Messages missed just before this one (always 0: lossy readers cannot lease).
+    #[pyo3(get)]
+    missed: u64,
+    /// Whether a consumer group delivers this message again (its first member died).
+    #[pyo3(get)]
+    redelivered: bool,
+    exports: AtomicUsize,
+    released: AtomicBool,
+    done: AtomicBool,
+}
+
+impl Lease {
+    /// End the lease: its memory may be reused.
+    fn finish(&self) {
+        if self.done.swap(true, Ordering::AcqRel) || !self.m.mine() {
+            return;
+        }
+        let q = &self.m.q;
+        let (low, none_left) = self.book.remove(self.start);
+        let _ = if self.group {
+            q.group_ack(self.m.id)
+        } else {
+            q.set_pin(self.m.id, low)
+        };
+        if none_left && self.book.leave_when_done.load(Ordering::Acquire) {
+            self.m.leave();
+        }
+    }
+    fn live(&self) -> PyResult<()> {
+        if self.done.load(Ordering::Acquire) || self.released.load(Ordering::Acquire) {
+            return Err(to_pyerr_now(Error::Closed("Lease (it was released)")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[pymethods]
+impl Lease {
+    /// The sender's name.
+    #[getter]
+    fn sender(&self) -> String {
+        String::from_utf8_lossy(&self.sender).into_owned()
+    }
+    /// The message type.
+    #[getter]
+    fn r#type(&self) -> String {
+        String::from_utf8_lossy(&self.typ).into_owned()
+    }
+    /// Body length in bytes.
+    fn __len__(&self) -> usize {
+        self.len as usize
+    }
+    /// A read-only memoryview of the body (zero-copy; keeps the lease while it lives).
+    #[getter]
+    fn body<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().live()?;
+        // SAFETY: PyMemoryView_FromObject takes a buffer export of this lease.
+        unsafe {
+            Bound::from_owned_ptr_or_err(slf.py(), ffi::PyMemoryView_FromObject(slf.as_ptr()))
+        }
+    }
+    /// The body as a read-only numpy array, zero-copy (keeps the lease while it lives): an
+    /// array message gives its own dtype and shape, otherwise pass ``dtype`` (and ``shape``).
+    #[pyo3(signature = (dtype=None, shape=None))]
+    fn array<'py>(
+        slf: &Bound<'py, Self>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        shape: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().live()?;
+        array_helper(slf.py(), "view")?.call1((slf, dtype, shape))
+    }
+    /// A copy of the body as bytes.
+    fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.live()?;
+        // SAFETY: the lease pins the record; len bytes at ptr are mapped.
+        let data = unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len as usize) };
+        Ok(PyBytes::new(py, data))
+    }
+    /// Whether the lease was released (by ``release()`` or the end of its ``with`` block).
+    #[getter]
+    fn released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+    /// Views of the body still alive (each keeps the lease).
+    #[getter]
+    fn views(&self) -> usize {
+        self.exports.load(Ordering::Acquire)
+    }
+    /// Give the lease back. New views can no longer be made; views still alive keep the
+    /// memory until they are gone.
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) && self.exports.load(Ordering::Acquire) == 0
+        {
+            self.finish();
+        }
+    }
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __exit__(
+        &self,
+        _t: Option<&Bound<'_, PyAny>>,
+        _v: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
+        self.release();
+        false
+    }
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        me.live()?;
+        let (ptr, len) = (me.ptr, &me.len as *const isize);
+        let owner = slf.clone().into_any();
+        fill_view(view, flags, owner, ptr, len, true)?;
+        me.exports.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        if self.exports.fetch_sub(1, Ordering::AcqRel) == 1 && self.released.load(Ordering::Acquire)
+        {
+            self.finish();
+        }
+    }
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "a Lease cannot be pickled: it is a view of this process's shared memory (send tobytes())",
+        ))
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Lease(seq={}, sender={:?}, type={:?}, body=<{} bytes>{})",
+            self.seq,
+            self.sender(),
+            self.r#type(),
+            self.len,
+            if self.released() { ", released" } else { "" }
         )
     }
 }
@@ -1103,6 +2089,8 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyQueue>()?;
     m.add_class::<PyReader>()?;
     m.add_class::<Message>()?;
+    m.add_class::<Lease>()?;
+    m.add_class::<PyReservation>()?;
     m.add_function(wrap_pyfunction!(_attach_queue, m)?)?;
     m.add_function(wrap_pyfunction!(_message, m)?)?;
     m.add_function(wrap_pyfunction!(_open_queue, m)?)?;
