@@ -1,11 +1,13 @@
-"""The ringcast command: ls, gc, demo."""
+"""The ringcast command: ls, stats, gc, demo."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import ringcast
+from ringcast import BroadcastQueue
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -51,3 +53,34 @@ def test_demo_runs_and_checks_every_message():
 def test_usage_error_exit_code():
     out = run("nonsense")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_stats_shows_readers_groups_and_rates(shm_name):
+    with BroadcastQueue(shm_name, create=True, capacity=1 << 16, sender="cam") as q:
+        r = q.reader(name="viewer", lossy=True)
+        g = q.reader(name="worker", group="work")
+        for _ in range(100):
+            q.send(b"x" * 64, timeout=5)
+        for _ in range(2000):  # lap the lossy reader
+            q.send(b"y" * 8, timeout=0)
+            g.recv(timeout=1)
+        r.recv()
+        out = run("stats", shm_name, "--count", "2", "--interval", "0.05")
+        assert out.returncode == 0, out.stderr
+        text = out.stdout
+        assert f"queue {shm_name}: 2,100 messages sent" in text
+        assert "0 msgs/s" in text  # the second snapshot has a rate
+        assert "group work: 1 member(s), lag 100 msgs" in text
+        assert "viewer" in text and "lossy" in text and "group=work" in text
+        missed = q.stats()["overruns"]
+        assert missed > 0 and f"overruns {missed:,}" in text
+        js = run("stats", shm_name, "--count", "1", "--json")
+        st = json.loads(js.stdout)
+        assert st["write_seq"] == 2100 and st["groups"]["work"]["lag_messages"] == 100
+        g.close()
+        r.close()
+
+
+def test_stats_of_a_missing_queue_says_so(shm_name):
+    out = run("stats", shm_name)
+    assert out.returncode == 1 and shm_name in out.stderr and "no ringcast segment" in out.stderr

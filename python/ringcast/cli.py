@@ -1,15 +1,17 @@
-"""The ``ringcast`` command: ``ls``, ``gc`` and ``demo``."""
+"""The ``ringcast`` command: ``ls``, ``stats``, ``gc`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import struct
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Optional
 
-from . import BroadcastQueue, QueueShutDown, gc, segments
+from . import BroadcastQueue, QueueShutDown, RingcastError, gc, segments
 
 
 def _fmt_bytes(n: float) -> str:
@@ -33,6 +35,83 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{r['members_alive']:>6} {r['members_dead']:>5}  {'yes' if r['stale'] else 'no'}"
         )
     return 0
+
+
+def render_stats(st: Mapping[str, Any], prev: Optional[Mapping[str, Any]], dt: float) -> str:
+    """A text view of ``BroadcastQueue.stats()``; rates from the previous snapshot."""
+    rate = ""
+    if prev is not None and dt > 0:
+        rate = f"  {(st['write_seq'] - prev['write_seq']) / dt:,.0f} msgs/s"
+    lines = [
+        f"queue {st['name']}: {st['write_seq']:,} messages sent{rate}; "
+        f"{_fmt_bytes(st['used_bytes'])} of {_fmt_bytes(st['capacity'])} in use"
+        + ("; SHUT DOWN" if st["shutdown"] else ""),
+        f"  overruns {st['overruns']:,}  full {st['full_events']:,} "
+        f"(writers blocked {st['send_blocked_s']:.3f} s)  receive waits {st['recv_waits']:,} "
+        f"({st['recv_blocked_s']:.3f} s)  redelivered {st['redelivered']:,}  "
+        f"claims lost {st['claims_lost']:,}  reaped {st['reaped']:,}  "
+        f"lock recoveries {st['lock_recoveries']:,}",
+    ]
+    for g, gs in sorted(st["groups"].items()):
+        lines.append(
+            f"  group {g}: {gs['members']} member(s), lag {gs['lag_messages']:,} msgs "
+            f"({_fmt_bytes(gs['lag_bytes'])}), orphaned claims {gs['orphaned_claims']}"
+        )
+    lines.append(
+        f"  {'SLOT':>4} {'KIND':<12} {'PID':>7} {'NAME':<20} {'LAG':>9} {'RECEIVED':>11} "
+        f"{'SENT':>11} {'MISSED':>9} {'WAITS':>8} {'BLOCKED':>8}  NOTES"
+    )
+    for m in st["members"]:
+        if m["kind"] == "group":
+            continue
+        notes = []
+        if m["lossy"]:
+            notes.append("lossy")
+        if m["group"]:
+            notes.append(f"group={m['group']}")
+        if m["pinned"] is not None:
+            notes.append("holds a lease/claim")
+        if m["orphan"]:
+            notes.append("dead, claim to redeliver")
+        elif not m["alive"]:
+            notes.append("DEAD")
+        lag = f"{m['lag_messages']:,}" if m["kind"] == "reader" else "-"
+        lines.append(
+            f"  {m['slot']:>4} {m['kind']:<12} {m['pid']:>7} {m['name'][:20]:<20} {lag:>9} "
+            f"{m['received']:>11,} {m['sent']:>11,} {m['missed']:>9,} {m['waits']:>8,} "
+            f"{m['blocked_s']:>7.2f}s  {' '.join(notes)}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Show a queue's figures, refreshing live until Ctrl-C (or ``--count`` times)."""
+    try:
+        q = BroadcastQueue(args.name, create=False, sender="ringcast-stats")
+    except RingcastError as e:
+        print(f"ringcast stats: {e}", file=sys.stderr)
+        return 1
+    live = sys.stdout.isatty() and not args.json and args.count != 1
+    prev: Optional[Mapping[str, Any]] = None
+    t_prev = time.monotonic()
+    n = 0
+    try:
+        with q:
+            while True:
+                st = q.stats()
+                now = time.monotonic()
+                if args.json:
+                    print(json.dumps(st), flush=True)
+                else:
+                    text = render_stats(st, prev, now - t_prev)
+                    print(("\x1b[H\x1b[2J" if live else "") + text, flush=True)
+                prev, t_prev = st, now
+                n += 1
+                if args.count and n >= args.count:
+                    return 0
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -119,6 +198,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="ringcast", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ls", help="list ringcast segments").set_defaults(func=cmd_ls)
+    st = sub.add_parser("stats", help="a queue's figures, refreshing live")
+    st.add_argument("name", help="the queue's segment name (see ringcast ls)")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    st.add_argument("--count", type=int, default=0, help="stop after N snapshots (0: never)")
+    st.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+    st.set_defaults(func=cmd_stats)
     sub.add_parser("gc", help="remove segments whose members are all dead").set_defaults(
         func=cmd_gc
     )
