@@ -44,10 +44,28 @@ def test_gc_removes_only_dead_segments(shm_name):
 
 
 def test_demo_runs_and_checks_every_message():
-    out = run("demo", "--readers", "2", "--messages", "20000", "--start-method", "forkserver")
+    out = run(
+        "demo",
+        "--only",
+        "queue",
+        "--readers",
+        "2",
+        "--messages",
+        "20000",
+        "--start-method",
+        "forkserver",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every reader got every message, in order, intact" in out.stdout
     assert out.stdout.count(": ok") == 2
+
+
+def test_beamline_demo_follows_a_live_file_and_fans_out():
+    out = run("demo", "--only", "beamline", "--frames", "60", "--frame-rate", "300")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "fanned 60 frames out to 3 processes" in out.stdout
+    assert out.stdout.count("60 frames, every one, in order (zero-copy leases)") == 2
+    assert "live-view:" in out.stdout and out.stdout.count(": ok") == 3
 
 
 def test_usage_error_exit_code():

@@ -29,6 +29,18 @@ from .pysyncq import PySyncQ
 
 __version__ = "0.1.0"
 
+
+def array_meta(msg: object) -> object:
+    """The metadata sent with an array message (``send_array(..., meta=...)``), or ``None``.
+
+    ``msg`` is a ``Message``, a ``Lease`` or a message body. Raises ``ValueError`` if it is
+    not an array message.
+    """
+    from ._array import array_meta as _array_meta  # numpy is imported only when needed
+
+    return _array_meta(msg)
+
+
 __all__ = [
     "BroadcastQueue",
     "Reader",
@@ -41,6 +53,7 @@ __all__ = [
     "gc",
     "unlink",
     "record_size",
+    "array_meta",
     "errors",
 ]
 __all__ += errors.__all__

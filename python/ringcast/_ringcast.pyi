@@ -206,9 +206,14 @@ class BroadcastQueue:
         ``group="name"`` joins a consumer group (each message to one of its members).
         """
     def send_array(
-        self, array: Any, type: Optional[_Name] = None, *, timeout: Optional[float] = None
+        self,
+        array: Any,
+        type: Optional[_Name] = None,
+        *,
+        timeout: Optional[float] = None,
+        meta: Any = None,
     ) -> int:
-        """Send a numpy array with its dtype and shape (an array message)."""
+        """Send a numpy array with its dtype, shape and optional JSON ``meta``."""
     def reserve(
         self, nbytes: int, type: Optional[_Name] = None, *, timeout: Optional[float] = None
     ) -> Reservation:

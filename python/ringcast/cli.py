@@ -1,10 +1,11 @@
-"""The ``ringcast`` command: ``ls``, ``stats``, ``gc`` and ``demo``."""
+"""The ``ringcast`` command: ``ls``, ``stats``, ``follow``, ``gc`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import os
 import struct
 import sys
 import time
@@ -114,6 +115,85 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
 
 
+def _split_data(specs: list[str]) -> dict[str, str]:
+    """``--data`` values: ``PATH`` (named by its last component) or ``NAME=PATH``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = spec.rstrip("/").rsplit("/", 1)[-1], spec
+        if name in out:
+            raise ValueError(f"two --data datasets are named {name!r}: use NAME=PATH")
+        out[name] = path
+    return out
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Follow a live SWMR file and fan its frames out into a BroadcastQueue."""
+    import h5py
+
+    from .swmr import DataSource, FanOutStats, fan_out
+
+    try:
+        data = _split_data(args.data)
+        f = h5py.File(args.file, "r", libver="latest", swmr=True)
+    except (OSError, ValueError) as e:
+        print(f"ringcast follow: cannot open {args.file}: {e}", file=sys.stderr)
+        return 1
+    with f:
+        try:
+            keys = [f[k] for k in args.key]
+            datasets = {name: f[path] for name, path in data.items()}
+            finished = f[args.finished] if args.finished else None
+        except KeyError as e:
+            print(f"ringcast follow: {args.file}: no dataset {e}", file=sys.stderr)
+            return 1
+        name = args.queue or "follow-" + os.path.basename(args.file).replace(".", "-")
+        q = BroadcastQueue(name, capacity=args.capacity, sender="ringcast-follow")
+        source = DataSource(keys, datasets, timeout=args.timeout, finished_dataset=finished)
+        last_print = 0.0
+
+        def progress(st: FanOutStats) -> None:
+            nonlocal last_print
+            now = time.monotonic()
+            if args.quiet or now - last_print < 0.5:
+                return
+            last_print = now
+            qs = q.stats()
+            lags = [m["lag_messages"] for m in qs["members"] if m["kind"] == "reader"]
+            lags += [g["lag_messages"] for g in qs["groups"].values()]
+            print(
+                f"\rfollow {args.file}: {st.points} points, {st.frames} frames "
+                f"({_fmt_bytes(st.bytes)}), {st.rate:,.1f} points/s, "
+                f"{st.behind} point(s) behind the keys; queue {name}: "
+                f"{qs['readers_alive']} reader(s), slowest lag {max(lags, default=0)} msgs, "
+                f"overruns {qs['overruns']}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        with q:
+            if args.wait_readers:
+                q.wait_for_readers(args.wait_readers, timeout=args.timeout)
+            try:
+                st = fan_out(source, q, on_point=progress)
+            except KeyboardInterrupt:
+                print("\ninterrupted", file=sys.stderr)
+                return 130
+            finally:
+                if not args.keep_open:
+                    q.shutdown()
+        end = "finished flag set" if st.finished else "timed out" if st.timed_out else "stopped"
+        if not args.quiet:
+            print(file=sys.stderr)
+        print(
+            f"{args.file}: {st.points} points, {st.frames} frames ({_fmt_bytes(st.bytes)}) "
+            f"published to {name} in {st.elapsed:.2f} s ({st.rate:,.1f} points/s); {end}"
+        )
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove segments whose members are all dead."""
     removed = gc()
@@ -145,7 +225,126 @@ def _demo_reader(q: BroadcastQueue, size: int, results: Any) -> None:
     results.put((expected, ok, elapsed))
 
 
+def _beamline_consumer(
+    qname: str, role: str, shape: tuple[int, ...], ready: Any, results: Any
+) -> None:
+    import numpy as np
+
+    from ._detector import expected_frame
+    from .swmr import frame_info
+
+    q = BroadcastQueue(qname, create=False)
+    r = q.reader(name=role, lossy=role == "live-view")
+    ready.put(role)
+    indices: list[int] = []
+    ok = True
+    total = 0
+    try:
+        while True:
+            if role == "live-view":
+                msg = r.recv(timeout=60)  # a copy: lossy readers cannot lease
+                info, frame = frame_info(msg), msg.array()
+                ok &= bool(
+                    np.array_equal(frame.reshape(shape), expected_frame(info["index"], shape))
+                )
+                indices.append(info["index"])
+                time.sleep(0.02)  # a slow display
+            else:
+                with r.lease(timeout=60) as m:  # zero-copy
+                    info, frame = frame_info(m), m.array()
+                    want = expected_frame(info["index"], shape)
+                    ok &= bool(np.array_equal(frame.reshape(shape), want))
+                    total += int(frame.sum(dtype=np.uint64))
+                    indices.append(info["index"])
+                    del frame
+    except QueueShutDown:
+        pass
+    results.put((role, indices, r.missed, ok))
+    r.close()
+    q.close()
+
+
+def demo_beamline(args: argparse.Namespace) -> int:
+    """Simulated detector -> SWMR file -> ringcast follower -> consumer processes."""
+    import tempfile
+
+    import h5py
+
+    from . import _detector
+    from .swmr import DataSource, fan_out
+
+    ctx = mp.get_context(args.start_method)
+    n, shape, rate = args.frames, (256, 256), args.frame_rate
+    roles = ["integrator-1", "integrator-2", "live-view"]
+    with tempfile.TemporaryDirectory(prefix="ringcast-demo-") as tmp:
+        path = os.path.join(tmp, "scan.h5")
+        ready_file = ctx.Event()
+        det = ctx.Process(target=_detector.run, args=(path, n, shape, rate, ready_file))
+        with BroadcastQueue(None, create=True, capacity=4 << 20, sender="follower") as q:
+            ready, results = ctx.Queue(), ctx.Queue()
+            procs = [
+                ctx.Process(target=_beamline_consumer, args=(q.name, role, shape, ready, results))
+                for role in roles
+            ]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                ready.get(timeout=60)
+            det.start()
+            if not ready_file.wait(60):
+                print("FAILED: the simulated detector did not start", file=sys.stderr)
+                return 1
+            with h5py.File(path, "r", libver="latest", swmr=True) as f:
+                src = DataSource(
+                    [f["entry/key"]],
+                    {"data": f["entry/data"]},
+                    timeout=10,
+                    finished_dataset=f["entry/finished"],
+                )
+                st = fan_out(src, q)
+            q.shutdown()
+            got = [results.get(timeout=120) for _ in procs]
+            for p in [*procs, det]:
+                p.join(timeout=30)
+    print(
+        f"ringcast demo (beamline): a simulated detector wrote {n} frames of {shape[0]}x"
+        f"{shape[1]} uint16 at {rate:g} Hz to an HDF5 file in SWMR mode;"
+    )
+    print(
+        f"  ringcast followed the live file and fanned {st.points} frames out to "
+        f"{len(procs)} processes through shared memory ({st.rate:,.0f} frames/s, "
+        f"finished flag {'seen' if st.finished else 'NOT seen'})"
+    )
+    bad = int(st.points != n or not st.finished)
+    for role, indices, missed, ok in sorted(got):
+        if role == "live-view":
+            good = ok and indices == sorted(indices) and len(indices) + missed == n
+            what = f"{len(indices)} frames shown, {missed} skipped while it was busy (lossy)"
+        else:
+            good = ok and indices == list(range(n))
+            what = f"{len(indices)} frames, every one, in order (zero-copy leases)"
+        bad += not good
+        print(f"  {role}: {what}, frames equal to what was written: {'ok' if good else 'MISMATCH'}")
+    if bad:
+        sys.stdout.flush()
+        print("FAILED: the beamline demo lost or damaged frames", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The queue demo, then the beamline demo (``--only`` picks one)."""
+    code = 0
+    if args.only in (None, "queue"):
+        code |= demo_queue(args)
+    if args.only in (None, "beamline"):
+        if args.only is None:
+            print()
+        code |= demo_beamline(args)
+    return code
+
+
+def demo_queue(args: argparse.Namespace) -> int:
     """One writer process broadcasting to several reader processes."""
     size = max(args.size, 8)
     ctx = mp.get_context(args.start_method)
@@ -204,15 +403,37 @@ def main(argv: Optional[list[str]] = None) -> int:
     st.add_argument("--count", type=int, default=0, help="stop after N snapshots (0: never)")
     st.add_argument("--json", action="store_true", help="one JSON object per snapshot")
     st.set_defaults(func=cmd_stats)
+    fo = sub.add_parser(
+        "follow", help="follow a live SWMR HDF5 file and fan its frames out to a queue"
+    )
+    fo.add_argument("file", help="the HDF5 file (being written in SWMR mode)")
+    fo.add_argument("--key", action="append", required=True, help="a key dataset (repeatable)")
+    fo.add_argument(
+        "--data", action="append", required=True, help="a data dataset, PATH or NAME=PATH"
+    )
+    fo.add_argument("--finished", help="the finished-flag dataset")
+    fo.add_argument("--timeout", type=float, default=10.0, help="seconds without progress")
+    fo.add_argument("--queue", help="queue name (default follow-<file name>)")
+    fo.add_argument("--capacity", type=int, default=64 << 20, help="queue capacity in bytes")
+    fo.add_argument("--wait-readers", type=int, default=0, help="wait for N readers first")
+    fo.add_argument("--keep-open", action="store_true", help="do not shut the queue down")
+    fo.add_argument("--quiet", action="store_true", help="no progress line")
+    fo.set_defaults(func=cmd_follow)
     sub.add_parser("gc", help="remove segments whose members are all dead").set_defaults(
         func=cmd_gc
     )
-    d = sub.add_parser("demo", help="one writer broadcasting to several reader processes")
+    d = sub.add_parser(
+        "demo",
+        help="a writer broadcasting to reader processes; a live SWMR file fanned out to them",
+    )
     d.add_argument("--readers", type=int, default=3)
     d.add_argument("--messages", type=int, default=300_000)
     d.add_argument("--size", type=int, default=64, help="message size in bytes (>= 8)")
     d.add_argument("--capacity", type=int, default=4 << 20)
     d.add_argument("--start-method", default="spawn", choices=mp.get_all_start_methods())
+    d.add_argument("--only", choices=["queue", "beamline"], help="run one part only")
+    d.add_argument("--frames", type=int, default=400, help="beamline: frames to write")
+    d.add_argument("--frame-rate", type=float, default=200.0, help="beamline: frames/s")
     d.set_defaults(func=cmd_demo)
     args = p.parse_args(argv)
     return int(args.func(args))

@@ -29,7 +29,16 @@ import numpy as np
 
 from .errors import FrameNotReady, SWMRError
 
-__all__ = ["KeyFollower", "RowKeyFollower", "FrameReader", "DataSource", "SliceDict"]
+__all__ = [
+    "KeyFollower",
+    "RowKeyFollower",
+    "FrameReader",
+    "DataSource",
+    "SliceDict",
+    "FanOutStats",
+    "fan_out",
+    "frame_info",
+]
 
 log = logging.getLogger("ringcast.swmr")
 
@@ -620,3 +629,87 @@ class DataSource(Iterator[SliceDict]):
             dataset.shape[len(slice_metadata) :]
         )
         dataset[tuple(slice_metadata)] = data.reshape(target)
+
+
+# ---------------------------------------------------------------------------------- fan-out
+
+
+class FanOutStats:
+    """Figures of a :func:`fan_out` run (also passed to its ``on_point`` callback)."""
+
+    def __init__(self) -> None:
+        self.points = 0
+        self.frames = 0
+        self.bytes = 0
+        self.last_index = -1
+        #: Scan points the keys showed ready but not yet published, at the last point.
+        self.behind = 0
+        self.started = time.monotonic()
+        self.elapsed = 0.0
+        self.finished = False
+        self.timed_out = False
+
+    @property
+    def rate(self) -> float:
+        """Scan points published per second so far."""
+        return self.points / self.elapsed if self.elapsed > 0 else 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"FanOutStats(points={self.points}, frames={self.frames}, bytes={self.bytes}, "
+            f"elapsed={self.elapsed:.3f}, finished={self.finished}, timed_out={self.timed_out})"
+        )
+
+
+def fan_out(
+    source: DataSource,
+    queue: Any,
+    *,
+    on_point: Optional[Any] = None,
+    send_timeout: Optional[float] = None,
+) -> FanOutStats:
+    """Publish every frame ``source`` yields into ``queue`` (a ``ringcast.BroadcastQueue``).
+
+    Each frame becomes one array message whose type is the dataset's name (so readers can
+    screen by dataset) and whose metadata (:func:`frame_info`) holds the scan ``index``, the
+    ``slice`` (``[start, stop]`` per scan dimension) and the ``dataset`` name. Any number of
+    processes then read the live frames from shared memory without opening the file;
+    ``queue.reader(lossy=True)`` gives live views that never stall the follower.
+
+    Returns when the source stops (finished flag or timeout); ``on_point(stats)`` is called
+    after each scan point. ``send_timeout`` bounds how long a full queue may hold the follower
+    (``Full`` after that); ``None`` waits for the slowest non-lossy reader.
+    """
+    st = FanOutStats()
+    for point in source:
+        meta_slice = [[int(sl.start), int(sl.stop)] for sl in point.slice_metadata]
+        for name, frame in point.items():
+            queue.send_array(
+                frame,
+                type=name,
+                timeout=send_timeout,
+                meta={"index": int(point.index), "slice": meta_slice, "dataset": name},
+            )
+            st.frames += 1
+            st.bytes += int(np.asarray(frame).nbytes)
+        st.points += 1
+        st.last_index = int(point.index)
+        st.behind = max(0, int(source.kf.current_max) - st.last_index)
+        st.elapsed = time.monotonic() - st.started
+        if on_point is not None:
+            on_point(st)
+    st.elapsed = time.monotonic() - st.started
+    st.finished = source.is_scan_finished()
+    st.timed_out = source.has_timed_out()
+    return st
+
+
+def frame_info(msg: Any) -> dict[str, Any]:
+    """``{"index", "slice", "dataset"}`` of a frame published by :func:`fan_out` (a
+    ``Message``, a ``Lease`` or a body)."""
+    from ._array import array_meta
+
+    info = array_meta(msg)
+    if not isinstance(info, dict) or "index" not in info:
+        raise ValueError("not a frame published by ringcast.swmr.fan_out")
+    return info

@@ -707,17 +707,20 @@ impl PyQueue {
     /// Send a numpy array (any dtype without Python objects, any shape) as an array
     /// message: its dtype and shape travel with it; ``Reader.recv_array`` and
     /// ``Lease.array()`` give it back. Non-contiguous arrays are copied to C order first.
-    #[pyo3(signature = (array, r#type=None, *, timeout=None))]
+    /// ``meta`` (any JSON-serialisable value, e.g. a scan index) travels with the array;
+    /// ``ringcast.array_meta(msg)`` reads it back.
+    #[pyo3(signature = (array, r#type=None, *, timeout=None, meta=None))]
     fn send_array(
         &self,
         py: Python<'_>,
         array: &Bound<'_, PyAny>,
         r#type: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
+        meta: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         let m = self.alive()?;
         self.not_reserving(py)?;
-        let enc = array_helper(py, "encode")?.call1((array,))?;
+        let enc = array_helper(py, "encode")?.call1((array, meta))?;
         let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
         let typ: &[u8] = match r#type {
             Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
