@@ -311,3 +311,35 @@ def test_sigkill_mid_reservation_publishes_nothing_and_frees_the_lock(shm_name):
         with pytest.raises(ringcast.Empty):
             r.recv(timeout=0)
         assert q.stats()["lock_recoveries"] == 1
+
+
+def _lease_and_hang(name: str, ready) -> None:
+    q = BroadcastQueue(name, create=False)
+    r = q.reader()
+    m = r.lease(timeout=10)
+    ready.put(len(memoryview(m)))
+    time.sleep(60)
+
+
+def test_a_process_killed_holding_a_lease_stops_holding_writers_back(shm_name):
+    cap = 1 << 14
+    with BroadcastQueue(shm_name, create=True, capacity=cap) as q:
+        ready = ctx.Queue()
+        p = ctx.Process(target=_lease_and_hang, args=(shm_name, ready))
+        p.start()
+        try:
+            q.wait_for_readers(1, timeout=30)
+            q.send(b"\x01" * 1000)
+            assert ready.get(timeout=30) == 1000
+            with pytest.raises(ringcast.Full):
+                for _ in range(2 * cap // 1000):
+                    q.send(b"\x00" * 1000, timeout=0.01)
+            os.kill(p.pid or 0, signal.SIGKILL)
+            p.join(10)
+            for _ in range(10 * cap // 1000):
+                q.send(b"\x00" * 1000, timeout=2)  # the dead reader's pin is reaped
+            assert q.stats()["reaped"] >= 1
+        finally:
+            if p.is_alive():
+                p.kill()
+                p.join()
