@@ -24,6 +24,7 @@ __all__ = [
     "NoMemberSlot",
     "ForkedHandle",
     "HandleBusy",
+    "WorkerDied",
     "RingcastOSError",
     "FrameNotReady",
     "SWMRError",
@@ -98,6 +99,10 @@ class ForkedHandle(RingcastError, RuntimeError):
 
 class HandleBusy(RingcastError, RuntimeError):
     """Another thread is using the same reader right now."""
+
+
+class WorkerDied(RingcastError, RuntimeError):
+    """A worker process died (killed, crashed) while the consumer waited for its work."""
 
 
 class RingcastOSError(RingcastError, OSError):

@@ -45,6 +45,9 @@ pub enum Error {
     /// Another thread uses the same handle right now.
     #[error("this {0} is in use by another thread")]
     Busy(&'static str),
+    /// A worker process of a slot ring died (holding the slot of `task`, if known).
+    #[error("{}", worker_died(*.pid, *.task))]
+    WorkerDied { pid: u32, task: Option<u64> },
     /// The handle is held in a way that forbids this call now (a lease, a reservation).
     #[error("{0}")]
     Held(String),
@@ -59,6 +62,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+fn worker_died(pid: u32, task: Option<u64>) -> String {
+    match (pid, task) {
+        (p, Some(t)) => format!("a worker process (pid {p}) died while working on task {t}"),
+        (0, None) => "every worker process has ended while work remains".to_owned(),
+        (p, None) => {
+            format!("a worker process (pid {p}) died and no worker is left to finish the work")
+        }
+    }
 }
 
 /// Shorthand.

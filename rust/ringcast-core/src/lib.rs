@@ -5,6 +5,7 @@ pub mod error;
 pub mod proc;
 pub mod queue;
 pub mod segment;
+pub mod slots;
 pub mod wait;
 
 pub use error::{Error, Result};

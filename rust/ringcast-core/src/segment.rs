@@ -36,7 +36,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"RINGCAST");
 pub const VERSION: u32 = 2;
 /// Segment kind: broadcast log.
 pub const KIND_BROADCAST: u32 = 1;
-/// Segment kind: slot ring (reserved for the HDF5 layer).
+/// Segment kind: slot ring (the HDF5 layer's read-ahead buffers).
 pub const KIND_SLOTS: u32 = 2;
 /// Size of the header page.
 pub const HEADER_PAGE: usize = 4096;
@@ -209,9 +209,47 @@ pub struct Geometry {
     pub capacity: u64,
     pub max_members: u32,
     pub align: u32,
+    /// Slot rings: the number of slots (0 for a broadcast log). Kept in the header's
+    /// `flags` word, inside the checksummed static fields.
+    pub n_slots: u32,
 }
 
+/// Bytes of one slot's metadata in a slot ring.
+pub const SLOT_META_BYTES: u64 = 64;
+/// Most slots a slot ring may have.
+pub const MAX_SLOTS: u32 = 1 << 16;
+
 impl Geometry {
+    /// Geometry of a slot ring: `n_slots` slots of `slot_bytes` (rounded up to 64) each,
+    /// after a page-aligned table of slot metadata.
+    pub fn slots(n_slots: u32, slot_bytes: u64, max_members: u32) -> Result<Self> {
+        if n_slots == 0 || n_slots > MAX_SLOTS {
+            return Err(Error::InvalidArgument(format!(
+                "a slot ring needs 1 to {MAX_SLOTS} slots, got {n_slots}"
+            )));
+        }
+        let stride = round_up(slot_bytes.max(1), 64);
+        let meta = round_up(u64::from(n_slots) * SLOT_META_BYTES, page_size());
+        let data = stride
+            .checked_mul(u64::from(n_slots))
+            .filter(|d| *d <= MAX_RING)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{n_slots} slots of {slot_bytes} bytes exceed the maximum of {MAX_RING} bytes"
+                ))
+            })?;
+        let mut g = Geometry::new(KIND_SLOTS, meta + data, max_members, 64)?;
+        g.n_slots = n_slots;
+        Ok(g)
+    }
+
+    /// For a slot ring: bytes of the metadata table and the stride of one slot.
+    pub fn slot_layout(&self) -> (u64, u64) {
+        let n = u64::from(self.n_slots.max(1));
+        let meta = round_up(n * SLOT_META_BYTES, page_size());
+        (meta, self.capacity.saturating_sub(meta) / n)
+    }
+
     /// Compute the geometry for a new segment.
     pub fn new(kind: u32, capacity: u64, max_members: u32, align: u32) -> Result<Self> {
         if capacity > MAX_RING {
@@ -243,6 +281,7 @@ impl Geometry {
             capacity,
             max_members,
             align,
+            n_slots: 0,
         })
     }
 
@@ -277,6 +316,26 @@ impl Geometry {
         }
         if !matches!(self.align, 1 | 8 | 64) {
             return Err(format!("record alignment {} invalid", self.align));
+        }
+        match self.kind {
+            KIND_SLOTS => {
+                if self.n_slots == 0 || self.n_slots > MAX_SLOTS {
+                    return Err(format!("slot count {} out of range", self.n_slots));
+                }
+                let (meta, stride) = self.slot_layout();
+                if meta > self.capacity
+                    || stride == 0
+                    || !stride.is_multiple_of(64)
+                    || meta + stride * u64::from(self.n_slots) != self.capacity
+                {
+                    return Err(format!(
+                        "{} slots do not fit a capacity of {} bytes",
+                        self.n_slots, self.capacity
+                    ));
+                }
+            }
+            _ if self.n_slots != 0 => return Err("flags set on a broadcast segment".into()),
+            _ => {}
         }
         Ok(())
     }
@@ -358,6 +417,7 @@ impl Segment {
             h.capacity.store(geo.capacity, Ordering::Relaxed);
             h.max_members.store(geo.max_members, Ordering::Relaxed);
             h.align.store(geo.align, Ordering::Relaxed);
+            h.flags.store(geo.n_slots, Ordering::Relaxed);
             h.created_unix_ns.store(now_unix_ns(), Ordering::Relaxed);
             h.state.store(STATE_OPEN, Ordering::Relaxed);
             let mut statics = [0u8; STATIC_BYTES];
@@ -567,6 +627,7 @@ fn parse_raw(b: &[u8]) -> RawHeader {
             capacity: u64_at(b, 40),
             max_members: u32_at(b, 48),
             align: u32_at(b, 52),
+            n_slots: u32_at(b, 60),
         },
         creator_pid: u32_at(b, 56),
         creator_start: u64_at(b, 64),

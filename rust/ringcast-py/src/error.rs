@@ -65,6 +65,7 @@ pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
         Error::NoMemberSlot { .. } => raise(py, "NoMemberSlot", t1(msg)),
         Error::Forked(_) => raise(py, "ForkedHandle", t1(msg)),
         Error::Busy(_) | Error::Held(_) => raise(py, "HandleBusy", t1(msg)),
+        Error::WorkerDied { .. } => raise(py, "WorkerDied", t1(msg)),
         Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
         Error::Os { ref source, .. } => {
             let errno = source.raw_os_error().unwrap_or(0);
