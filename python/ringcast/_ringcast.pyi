@@ -19,6 +19,8 @@ __all__ = [
     "Message",
     "Lease",
     "Reservation",
+    "_SlotRing",
+    "_SlotBlock",
     "_attach_queue",
     "_message",
     "_open_queue",
@@ -419,6 +421,66 @@ class Reservation:
     ) -> Literal[False]: ...
     def __reduce__(self) -> NoReturn: ...
     def __repr__(self) -> str: ...
+
+@final
+class _SlotRing:
+    """A slot ring (internal to ``ringcast.h5``)."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        create: bool,
+        n_slots: int = 0,
+        slot_bytes: int = 0,
+        tasks: Optional[int] = None,
+        max_members: int = 64,
+        mode: int = 0o600,
+    ) -> Self: ...
+    def join(self, role: str) -> None:
+        """Register this process as a ``"worker"`` or ``"consumer"``."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def n_slots(self) -> int: ...
+    @property
+    def slot_bytes(self) -> int: ...
+    @property
+    def tasks_started(self) -> int:
+        """Tasks handed to workers so far."""
+    def claim(self, timeout: Optional[float] = None) -> Optional[tuple[int, int, memoryview]]:
+        """Worker: ``(slot, task, writable view)``, or ``None`` when the tasks ran out."""
+    def publish(self, slot: int, nbytes: int, error: bool = False) -> None:
+        """Worker: publish a claimed slot."""
+    def take(
+        self, want: Optional[int] = None, timeout: Optional[float] = None
+    ) -> Optional[_SlotBlock]:
+        """Consumer: the next ready block, or ``None`` at the end."""
+    def stop(self) -> None:
+        """Stop the workers."""
+    def states(self) -> list[int]:
+        """State of each slot."""
+    def close(self) -> None:
+        """Leave the ring."""
+
+@final
+class _SlotBlock:
+    """A block taken from a slot ring: a read-only view of its slot."""
+
+    @property
+    def task(self) -> int: ...
+    @property
+    def error(self) -> bool: ...
+    @property
+    def released(self) -> bool: ...
+    @property
+    def views(self) -> int: ...
+    def release(self) -> None:
+        """Give the slot back (views alive keep it)."""
+    def tobytes(self) -> bytes: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 def _message(
     sender: bytes,

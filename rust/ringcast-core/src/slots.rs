@@ -41,6 +41,9 @@ pub const SLOT_LEASED: u32 = 3;
 
 /// [`SlotMeta::flags`] bit: the slot holds an error record, not data.
 pub const SLOT_ERROR: u32 = 1;
+/// [`SlotMeta::flags`] bit: the consumer released the block but views of it are alive, so
+/// the slot stays leased until they are gone.
+pub const SLOT_RETAINED: u32 = 2;
 
 /// Metadata of one slot.
 #[repr(C, align(64))]
@@ -398,6 +401,14 @@ impl SlotRing {
                 if self.finished(want) {
                     return Ok(Some(TakeResult::End));
                 }
+                if self.all_retained() {
+                    return Err(Error::Held(format!(
+                        "all {} slots are held by views of earlier blocks that are still alive \
+                         (views kept after their guard keep their slot): copy what you keep, \
+                         or raise read_ahead",
+                        self.n_slots()
+                    )));
+                }
                 Ok(None)
             },
             || {
@@ -503,9 +514,33 @@ impl SlotRing {
         Ok(())
     }
 
+    fn all_retained(&self) -> bool {
+        (0..self.n_slots()).all(|s| {
+            self.meta(s).is_ok_and(|m| {
+                m.state.load(Ordering::Acquire) == SLOT_LEASED
+                    && m.flags.load(Ordering::Acquire) & SLOT_RETAINED != 0
+            })
+        })
+    }
+
+    /// Mark a taken slot as released by the consumer but still viewed (see
+    /// [`SLOT_RETAINED`]).
+    pub fn retain(&self, slot: u32) -> Result<()> {
+        let m = self.meta(slot)?;
+        if m.state.load(Ordering::Acquire) != SLOT_LEASED {
+            return Err(Error::InvalidArgument(format!("slot {slot} is not leased")));
+        }
+        m.flags.fetch_or(SLOT_RETAINED, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Give a taken slot back (its memory is reused from now on).
     pub fn release(&self, slot: u32) -> Result<()> {
         let m = self.meta(slot)?;
+        if m.state.load(Ordering::Acquire) != SLOT_LEASED {
+            return Err(Error::InvalidArgument(format!("slot {slot} is not leased")));
+        }
+        m.flags.store(0, Ordering::Relaxed);
         if m.state
             .compare_exchange(SLOT_LEASED, SLOT_FREE, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()

@@ -15,6 +15,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
+use ringcast_core::slots::{Claim, SlotOptions, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER};
 use ringcast_core::wait::deadline_from_secs;
 use ringcast_core::{
     proc, segment, Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec,
@@ -2005,6 +2006,319 @@ impl Lease {
     }
 }
 
+// ------------------------------------------------------------------------------- slot ring
+
+/// A slot ring (the HDF5 layer's read-ahead buffers); internal to ``ringcast.h5``.
+#[pyclass(module = "ringcast", name = "_SlotRing", frozen)]
+struct PySlotRing {
+    ring: Arc<SlotRing>,
+    me: Mutex<Option<(MemberId, u64)>>,
+}
+
+impl PySlotRing {
+    fn member(&self) -> BResult<MemberId> {
+        let me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+        match *me {
+            Some((id, gen)) if gen == proc::fork_generation() => Ok(id),
+            Some(_) => Err(Error::Forked("_SlotRing").into()),
+            None => Err(Error::Closed("_SlotRing (not joined)").into()),
+        }
+    }
+}
+
+impl Drop for PySlotRing {
+    fn drop(&mut self) {
+        if let Some((id, gen)) = self.me.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if gen == proc::fork_generation() {
+                self.ring.leave(id);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PySlotRing {
+    /// Create (``create=True``) or attach to a slot ring; ``tasks=None`` is cyclic.
+    #[new]
+    #[pyo3(signature = (name, *, create, n_slots=0, slot_bytes=0, tasks=None, max_members=64, mode=0o600))]
+    #[allow(clippy::too_many_arguments)] // one per Python keyword argument
+    fn new(
+        py: Python<'_>,
+        name: String,
+        create: bool,
+        n_slots: u32,
+        slot_bytes: u64,
+        tasks: Option<u64>,
+        max_members: u32,
+        mode: u32,
+    ) -> PyResult<Self> {
+        let ring = py
+            .detach(move || {
+                if create {
+                    SlotRing::create(
+                        &name,
+                        SlotOptions {
+                            n_slots,
+                            slot_bytes,
+                            tasks,
+                            max_members,
+                            mode,
+                        },
+                    )
+                } else {
+                    SlotRing::attach(&name)
+                }
+            })
+            .map_err(to_pyerr_now)?;
+        Ok(PySlotRing {
+            ring,
+            me: Mutex::new(None),
+        })
+    }
+    /// Register this process as a worker (``"worker"``) or consumer (``"consumer"``).
+    fn join(&self, py: Python<'_>, role: &str) -> PyResult<()> {
+        let kind = match role {
+            "worker" => KIND_WORKER,
+            "consumer" => KIND_CONSUMER,
+            _ => {
+                return Err(to_pyerr(
+                    py,
+                    Error::InvalidArgument(format!(
+                        "role must be worker or consumer, not {role:?}"
+                    )),
+                ))
+            }
+        };
+        let id = self
+            .ring
+            .join(kind, role.as_bytes())
+            .map_err(|e| to_pyerr(py, e))?;
+        *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, proc::fork_generation()));
+        Ok(())
+    }
+    #[getter]
+    fn name(&self) -> &str {
+        self.ring.name()
+    }
+    #[getter]
+    fn n_slots(&self) -> u32 {
+        self.ring.n_slots()
+    }
+    #[getter]
+    fn slot_bytes(&self) -> u64 {
+        self.ring.slot_bytes()
+    }
+    /// Worker: a free slot and the next task, as ``(slot, task, writable memoryview)``;
+    /// ``None`` when every task is handed out. ``Timeout`` after ``timeout`` s,
+    /// ``QueueShutDown`` once stopped (or the ring's creator died).
+    #[pyo3(signature = (timeout=None))]
+    fn claim<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(u32, u64, Bound<'py, PyAny>)>> {
+        let id = self.member()?;
+        let d = deadline(timeout)?;
+        let ring = Arc::clone(&self.ring);
+        let spec = WaitSpec {
+            deadline: d,
+            spin: Duration::from_micros(20),
+        };
+        match blocking(py, move |chk| ring.claim(id, spec, chk))? {
+            Claim::Slot(slot, task) => {
+                let p = self.ring.slot_ptr(slot).map_err(|e| to_pyerr(py, e))?;
+                let n = self.ring.slot_bytes() as ffi::Py_ssize_t;
+                // SAFETY: the claimed slot is this worker's until it publishes it.
+                let mv = unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        ffi::PyMemoryView_FromMemory(
+                            p as *mut std::os::raw::c_char,
+                            n,
+                            ffi::PyBUF_WRITE,
+                        ),
+                    )
+                }?;
+                Ok(Some((slot, task, mv)))
+            }
+            Claim::NoMoreTasks => Ok(None),
+            Claim::TimedOut => Err(to_pyerr(
+                py,
+                Error::Timeout(
+                    Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
+                    "a free slot",
+                ),
+            )),
+        }
+    }
+    /// Worker: publish a claimed slot holding ``nbytes`` (an error record if ``error``).
+    #[pyo3(signature = (slot, nbytes, error=false))]
+    fn publish(&self, py: Python<'_>, slot: u32, nbytes: u64, error: bool) -> PyResult<()> {
+        self.ring
+            .publish(slot, nbytes, error)
+            .map_err(|e| to_pyerr(py, e))
+    }
+    /// Consumer: the next ready block (task ``want`` only, if given), or ``None`` at the end.
+    /// ``Timeout`` after ``timeout`` s; ``WorkerDied`` if a worker died.
+    #[pyo3(signature = (want=None, timeout=None))]
+    fn take(
+        slf: &Bound<'_, Self>,
+        want: Option<u64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<SlotBlock>> {
+        let py = slf.py();
+        let d = deadline(timeout)?;
+        let ring = Arc::clone(&slf.get().ring);
+        let spec = WaitSpec {
+            deadline: d,
+            spin: Duration::from_micros(20),
+        };
+        match blocking(py, move |chk| ring.take(want, spec, chk))? {
+            TakeResult::Block(t) => {
+                let p = slf
+                    .get()
+                    .ring
+                    .slot_ptr(t.slot)
+                    .map_err(|e| to_pyerr(py, e))?;
+                Ok(Some(SlotBlock {
+                    ring: Arc::clone(&slf.get().ring),
+                    slot: t.slot,
+                    task: t.task,
+                    error: t.error,
+                    ptr: p as usize,
+                    len: t.len as isize,
+                    exports: AtomicUsize::new(0),
+                    released: AtomicBool::new(false),
+                    done: AtomicBool::new(false),
+                    fork_gen: proc::fork_generation(),
+                }))
+            }
+            TakeResult::End => Ok(None),
+            TakeResult::TimedOut => Err(to_pyerr(
+                py,
+                Error::Timeout(
+                    Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
+                    "a block",
+                ),
+            )),
+        }
+    }
+    /// Stop: workers end, consumers get what is ready, then the end.
+    fn stop(&self) {
+        self.ring.stop();
+    }
+    /// State of each slot: 0 free, 1 filling, 2 ready, 3 leased.
+    fn states(&self) -> Vec<u32> {
+        self.ring.slot_states()
+    }
+    /// Tasks handed to workers so far.
+    #[getter]
+    fn tasks_started(&self) -> u64 {
+        self.ring.tasks_started()
+    }
+    /// Leave (the last member out removes the segment).
+    fn close(&self, py: Python<'_>) {
+        let me = self.me.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((id, gen)) = me {
+            if gen == proc::fork_generation() {
+                let ring = Arc::clone(&self.ring);
+                py.detach(move || ring.leave(id));
+            }
+        }
+    }
+}
+
+/// A block taken from a slot ring: a read-only view of its slot, which is reused only
+/// once the block is released and its last view is gone.
+#[pyclass(module = "ringcast", name = "_SlotBlock", frozen)]
+struct SlotBlock {
+    ring: Arc<SlotRing>,
+    slot: u32,
+    /// The task number of the block.
+    #[pyo3(get)]
+    task: u64,
+    /// Whether the block is a worker's error record.
+    #[pyo3(get)]
+    error: bool,
+    ptr: usize,
+    len: isize,
+    exports: AtomicUsize,
+    released: AtomicBool,
+    done: AtomicBool,
+    fork_gen: u64,
+}
+
+impl SlotBlock {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) && self.fork_gen == proc::fork_generation() {
+            let _ = self.ring.release(self.slot);
+        }
+    }
+}
+
+impl Drop for SlotBlock {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[pymethods]
+impl SlotBlock {
+    fn __len__(&self) -> usize {
+        self.len as usize
+    }
+    /// Give the slot back; views still alive keep it until they are gone.
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            if self.exports.load(Ordering::Acquire) == 0 {
+                self.finish();
+            } else if self.fork_gen == proc::fork_generation() {
+                let _ = self.ring.retain(self.slot);
+            }
+        }
+    }
+    /// Whether ``release()`` was called.
+    #[getter]
+    fn released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+    /// Views alive.
+    #[getter]
+    fn views(&self) -> usize {
+        self.exports.load(Ordering::Acquire)
+    }
+    /// A copy of the bytes.
+    fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        if self.done.load(Ordering::Acquire) {
+            return Err(to_pyerr(py, Error::Closed("block (it was released)")));
+        }
+        // SAFETY: the slot is leased to this block; len bytes are mapped.
+        let data = unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len as usize) };
+        Ok(PyBytes::new(py, data))
+    }
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        if me.released.load(Ordering::Acquire) || me.done.load(Ordering::Acquire) {
+            return Err(to_pyerr_now(Error::Closed("block (it was released)")));
+        }
+        let (ptr, len) = (me.ptr, &me.len as *const isize);
+        let owner = slf.clone().into_any();
+        fill_view(view, flags, owner, ptr, len, true)?;
+        me.exports.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        if self.exports.fetch_sub(1, Ordering::AcqRel) == 1 && self.released.load(Ordering::Acquire)
+        {
+            self.finish();
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------- module functions
 
 fn info_dict<'py>(py: Python<'py>, i: &segment::SegmentInfo) -> PyResult<Bound<'py, PyDict>> {
@@ -2094,6 +2408,8 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Message>()?;
     m.add_class::<Lease>()?;
     m.add_class::<PyReservation>()?;
+    m.add_class::<PySlotRing>()?;
+    m.add_class::<SlotBlock>()?;
     m.add_function(wrap_pyfunction!(_attach_queue, m)?)?;
     m.add_function(wrap_pyfunction!(_message, m)?)?;
     m.add_function(wrap_pyfunction!(_open_queue, m)?)?;

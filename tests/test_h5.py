@@ -1,0 +1,354 @@
+"""ringcast.h5: the multitables API on a shared-memory slot ring, with real worker processes
+and real HDF5 files written by h5py (issue 4, items 1-5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import ringcast
+from ringcast.h5 import DEFAULT_BLOCK_BYTES, QueueClosed, Streamer
+
+
+@pytest.fixture(scope="module")
+def h5file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("h5") / "data.h5")
+    rows = np.arange(1003 * 16, dtype=np.float32).reshape(1003, 16)
+    comp = np.zeros(500, dtype=[("id", "<i8"), ("xy", "<f4", (3,)), ("name", "S4")])
+    comp["id"] = np.arange(500)
+    comp["xy"] = np.arange(1500, dtype=np.float32).reshape(500, 3)
+    comp["name"] = [b"r%03d" % (i % 1000) for i in range(500)]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("contig", data=rows)
+        f.create_dataset("chunked", data=rows, chunks=(64, 16))
+        f.create_dataset("gzip", data=rows, chunks=(100, 16), compression="gzip")
+        f.create_dataset("cube", data=np.arange(200 * 4 * 5, dtype=np.int16).reshape(200, 4, 5))
+        f.create_dataset("big_rows", data=np.ones((5, 40000), dtype=np.float64))
+        f.create_dataset("comp", data=comp, chunks=(50,))
+        f.create_dataset("empty", shape=(0, 3), dtype="f4")
+        f.create_dataset("scalar", data=1.0)
+        f.create_group("grp")
+    return path, rows, comp
+
+
+@pytest.fixture
+def streamer(h5file):
+    s = Streamer(h5file[0])
+    yield s
+    s.close()
+
+
+def drain(q, ordered=True):
+    out = []
+    for g in q.iter():
+        with g as block:
+            out.append(block.copy())
+    return out
+
+
+def test_block_size_defaults(streamer, h5file):
+    _, rows, _ = h5file
+    assert streamer.get_queue("/chunked", n_procs=1).block_size == 64
+    assert streamer.get_queue("/contig", n_procs=1).block_size == min(
+        1003, DEFAULT_BLOCK_BYTES // 64
+    )
+    assert streamer.get_queue("/cube", n_procs=1).block_size == 200
+    # a row larger than the default block: one row, never 0
+    assert streamer.get_queue("/big_rows", n_procs=1).block_size == 1
+    # an explicit block larger than the dataset is clamped
+    assert streamer.get_queue("/contig", n_procs=1, block_size=5000).block_size == 1003
+    with pytest.raises(RuntimeError, match="empty dataset"):
+        streamer.get_queue("/empty")
+    with pytest.raises(RuntimeError, match="read_ahead"):
+        streamer.get_queue("/contig", read_ahead=0)
+    with pytest.raises(RuntimeError, match="not an array"):
+        streamer.get_queue("/grp")
+    with pytest.raises(ValueError, match="scalar"):
+        streamer.get_queue("/scalar")
+    with pytest.raises(KeyError):
+        streamer.get_queue("/missing")
+    with pytest.raises(ValueError, match="field"):
+        streamer.get_queue("/contig", field="x")
+
+
+@pytest.mark.parametrize("path", ["/contig", "/chunked", "/gzip"])
+def test_ordered_stream_is_the_dataset_in_order(streamer, h5file, path):
+    _, rows, _ = h5file
+    q = streamer.get_queue(path, n_procs=2, block_size=100, ordered=True)
+    got = drain(q)
+    assert q.get() is QueueClosed and q.get() is QueueClosed
+    np.testing.assert_array_equal(np.concatenate(got), rows[:1000])
+    np.testing.assert_array_equal(streamer.get_remainder(path, q.block_size), rows[1000:])
+
+
+def test_unordered_stream_delivers_each_block_once(streamer, h5file):
+    _, rows, _ = h5file
+    q = streamer.get_queue("/chunked", n_procs=3)
+    got = drain(q)
+    assert len(got) == 1003 // 64
+    starts = sorted(int(b[0, 0]) // 16 for b in got)
+    assert starts == [64 * k for k in range(1003 // 64)]
+    for b in got:
+        k = int(b[0, 0]) // 16
+        np.testing.assert_array_equal(b, rows[k : k + 64])
+
+
+def test_remainder_block_and_generator(streamer, h5file):
+    _, rows, _ = h5file
+    q = streamer.get_queue("/contig", n_procs=2, block_size=300, ordered=True, remainder=True)
+    got = drain(q)
+    assert [len(b) for b in got] == [300, 300, 300, 103]
+    np.testing.assert_array_equal(np.concatenate(got), rows)
+    # the documented positional call
+    gen = streamer.get_generator("/contig", 2, None, False, 300)
+    out = np.array(list(gen))
+    np.testing.assert_array_equal(out, rows)
+    assert streamer.get_remainder("/contig", 1003).shape == (0, 16)
+
+
+def test_cyclic_wraps_seamlessly(streamer, h5file):
+    _, rows, _ = h5file
+    q = streamer.get_queue("/contig", n_procs=2, block_size=300, cyclic=True, ordered=True)
+    seq = []
+    for _ in range(8):
+        with q.get() as block:
+            seq.append(block[:, 0].copy())
+    q.close()
+    np.testing.assert_array_equal(np.concatenate(seq), rows[np.arange(2400) % 1003, 0])
+    # unordered cyclic: each window once, each a contiguous wrapping window
+    q = streamer.get_queue("/contig", n_procs=2, block_size=300, cyclic=True)
+    starts = set()
+    for _ in range(10):
+        with q.get() as block:
+            first = int(block[0, 0]) // 16
+            np.testing.assert_array_equal(block, rows[(first + np.arange(300)) % 1003])
+            starts.add(first)
+    q.close()
+    assert len(starts) == 10
+
+
+def test_multidimensional_rows_and_compound_fields(streamer, h5file):
+    _, _, comp = h5file
+    with h5py.File(h5file[0]) as f:
+        cube = f["cube"][()]
+    q = streamer.get_queue("/cube", n_procs=2, block_size=50, ordered=True)
+    got = drain(q)
+    assert got[0].shape == (50, 4, 5) and got[0].dtype == np.int16
+    np.testing.assert_array_equal(np.concatenate(got), cube)
+    q = streamer.get_queue("/comp", n_procs=2, ordered=True)
+    got = np.concatenate(drain(q))
+    assert got.dtype.names == ("id", "xy", "name")
+    np.testing.assert_array_equal(got, comp)
+    for field in ("xy", "id", "name"):
+        q = streamer.get_queue("/comp", n_procs=2, ordered=True, field=field)
+        np.testing.assert_array_equal(np.concatenate(drain(q)), comp[field])
+        # also in wrapped cyclic blocks
+        q = streamer.get_queue(
+            "/comp", n_procs=1, block_size=300, cyclic=True, ordered=True, field=field
+        )
+        with q.get():
+            pass
+        with q.get() as wrapped:
+            np.testing.assert_array_equal(wrapped, comp[field][np.arange(300, 600) % 500])
+        q.close()
+
+
+def test_two_queues_of_one_streamer_read_in_step(streamer, h5file):
+    _, rows, _ = h5file
+    a = streamer.get_queue("/contig", n_procs=2, block_size=50, ordered=True)
+    b = streamer.get_queue("/chunked", n_procs=2, block_size=50, ordered=True)
+    n = 0
+    for ga, gb in zip(a.iter(), b.iter()):
+        with ga as x, gb as y:
+            np.testing.assert_array_equal(x, y)
+            n += 1
+    assert n == 20
+    assert a.get() is QueueClosed and b.get() is QueueClosed
+
+
+def test_a_queue_keeps_its_streamer_alive(h5file):
+    _, rows, _ = h5file
+    q = Streamer(h5file[0]).get_queue("/chunked", n_procs=2, ordered=True)
+    import gc
+
+    gc.collect()
+    got = drain(q)
+    np.testing.assert_array_equal(np.concatenate(got), rows[: 64 * (1003 // 64)])
+    q._streamer.close()
+
+
+def test_several_consumer_threads_share_a_queue(streamer, h5file):
+    for ordered in (False, True):
+        q = streamer.get_queue("/chunked", n_procs=2, block_size=10, ordered=ordered)
+        seen: list[int] = []
+        lock = threading.Lock()
+
+        def consume(q=q, lock=lock, seen=seen):
+            for g in q.iter():
+                with g as block:
+                    with lock:
+                        seen.append(int(block[0, 0]) // 16)
+
+        threads = [threading.Thread(target=consume) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(seen) == [10 * k for k in range(100)]
+
+
+def test_a_view_kept_after_its_guard_never_shows_another_block(streamer, h5file):
+    _, rows, _ = h5file
+    q = streamer.get_queue("/contig", n_procs=2, block_size=10, read_ahead=2, ordered=True)
+    with q.get() as block:
+        kept = block[:3]  # a derived view: keeps the slot
+    snapshot = kept.copy()
+    n = 1
+    for g in q.iter():  # the other slot keeps the stream going
+        with g as block:
+            np.testing.assert_array_equal(block, rows[10 * n : 10 * n + 10])
+        n += 1
+        np.testing.assert_array_equal(kept, snapshot)
+    assert n == 100
+    np.testing.assert_array_equal(kept, rows[:3])
+    with pytest.raises(ValueError):
+        kept[0, 0] = 1  # read-only
+
+
+def test_keeping_a_view_of_every_block_raises_instead_of_hanging(streamer):
+    q = streamer.get_queue("/contig", n_procs=1, block_size=10, read_ahead=2, ordered=True)
+    kept = []
+    with pytest.raises(ringcast.HandleBusy, match="views of earlier blocks"):
+        for g in q.iter():
+            with g as block:
+                kept.append(block)
+    assert len(kept) == 3  # read_ahead + the one spare slot
+    del kept, block
+    q.close()
+
+
+def test_read_errors_reach_the_consumer_in_every_mode(tmp_path):
+    path = str(tmp_path / "bad.h5")
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "z",
+            data=np.arange(4000, dtype="f8").reshape(400, 10),
+            chunks=(100, 10),
+            compression="gzip",
+        )
+        info = ds.id.get_chunk_info(2)
+    with open(path, "r+b") as fh:  # damage the third chunk
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    with Streamer(path) as s:
+        for ordered in (True, False):
+            q = s.get_queue("/z", n_procs=2, ordered=ordered)
+            ok, errors = 0, []
+            for g in q.iter():
+                try:
+                    with g:
+                        ok += 1
+                except OSError as e:
+                    errors.append(e)
+            assert ok == 3 and len(errors) == 1
+            assert "Traceback" in str(errors[0].__cause__)
+
+
+def test_a_killed_worker_makes_the_consumer_raise(streamer, h5file):
+    q = streamer.get_queue("/contig", n_procs=2, block_size=10, cyclic=True, read_ahead=3)
+    with q.get():
+        pass
+    pool = streamer._pool
+    for p in pool.procs:
+        os.kill(p.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(ringcast.WorkerDied):
+        for _ in range(1000):
+            with q.get(timeout=30):
+                pass
+    assert time.monotonic() - t0 < 10
+    q.close()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from ringcast.h5 import Streamer
+    s = Streamer(sys.argv[1])
+    q = s.get_queue("/contig", n_procs=2, block_size=10, cyclic=True)
+    with q.get() as b:
+        pass
+    print(" ".join(str(p.pid) for p in s._pool.procs), flush=True)
+    if sys.argv[2] == "hang":
+        time.sleep(60)
+    # else: exit without close()
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def _mine() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("rc_h5")}
+
+
+def test_exit_without_close_does_not_hang_and_leaves_nothing(h5file):
+    before = _mine()
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, h5file[0], "exit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+    assert _mine() - before == set()
+
+
+def test_workers_die_with_their_parent(h5file):
+    before = _mine()
+    p = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, h5file[0], "hang"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout is not None
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert pids and all(_alive(x) for x in pids)
+        p.kill()
+        p.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(x) for x in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(x) for x in pids), "workers outlived their parent"
+        deadline = time.monotonic() + 5
+        while _mine() - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _mine() - before:
+            ringcast.gc()  # segments whose members are all dead
+        assert not _mine() - before
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
