@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import time
 import os
 import pickle
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Iterator
