@@ -351,3 +351,39 @@ fn a_reservation_publishes_only_on_commit() {
         Err(Error::TooLarge { .. })
     ));
 }
+
+#[test]
+fn large_multi_part_bodies_at_odd_offsets_arrive_intact() {
+    let name = uniq("big");
+    let _c = Cleanup(name.clone());
+    let mut o = opts(4 << 20);
+    o.align = 1; // odd offsets: the streaming copy starts unaligned
+    let q = Queue::create(&name, o).unwrap();
+    let r = q.join(KIND_READER, b"r").unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, len) in [256 * 1024, 256 * 1024 + 1, 300_001, 1 << 20, (1 << 20) + 63]
+        .into_iter()
+        .enumerate()
+    {
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let sender = vec![b's'; i * 3 + 1];
+        // Two parts, the first one odd-sized, like a header and an array.
+        q.send(
+            &sender,
+            b"t",
+            &[&body[..7], &body[7..]],
+            WaitSpec::nowait(),
+            &mut no_check,
+        )
+        .unwrap();
+        let (_, got, _) = recv(&q, r).unwrap();
+        assert!(got == body, "body {i} of {len} bytes damaged");
+    }
+}
