@@ -9,11 +9,26 @@ Cases:
   3x1 put_all       3 steps x 1 worker, fed with put_all()+finish() (peers: their usual feed)
   3x1 put_iterable  3 steps x 1 worker, fed lazily from a generator (ringcast, paipa)
   3x4 put_all       3 steps x 4 workers (ringcast, paipa)
+  3x1 procstep      3 steps x 1 worker, the middle one a process step (ringcast; the cost
+                    of the hand-over to a worker process and back)
+
+CPU-bound cases: a pure-Python loop of about 2 ms per item (``cpu_work``) as one step of a
+2-step pipeline, with ``procstep`` and 1 worker process, with 2 worker processes, and as a
+thread step (``funcstep``) with 2 threads (no gain: the GIL). For reference, the same items
+through ``multiprocessing.Pool(1)`` and ``Pool(2)`` (``imap_unordered``, spawn): what the
+machine gives two processes at that moment. The runs alternate; a speed-up is the best
+1-worker time over the best 2-worker time: for the whole run, the start of the worker
+processes included ("cpu x2 vs x1"), and from the first result to the last ("cpu x2 vs x1
+steady"). ``--json`` adds these as ``{"impl", "case", "speedup"}`` records.
 
     pip install paipa mpipe pypeln   # the peers; any that is missing or fails is skipped
-    python benches/pipeline.py           # about 40 s
-    python benches/pipeline.py --quick   # about 10 s
+    python benches/pipeline.py           # about 100 s
+    python benches/pipeline.py --quick   # about 15 s (too short for steady figures)
+    python benches/pipeline.py --cpu-only  # only the CPU-bound cases, about 60 s
     python benches/pipeline.py --json    # [{"impl", "case", "items_per_s"}, ...]
+
+Run it as a script (process steps start their workers with "spawn", which imports this file
+again in each worker as ``__mp_main__``).
 """
 
 from __future__ import annotations
@@ -28,6 +43,18 @@ import time
 
 def trivial(x):
     return x
+
+
+#: Loop length of cpu_work: about 2 ms per item on the 2-core test machine.
+CPU_LOOP = 40_000
+
+
+def cpu_work(n):
+    """CPU-bound pure Python: holds the GIL all along."""
+    s = 0
+    for i in range(n):
+        s += i * i % 7
+    return s
 
 
 class Failed(Exception):
@@ -51,9 +78,10 @@ def run_paipa_like(mod, case, n):
         return x
 
     workers = 4 if case.startswith("3x4") else 1
+    middle = mod.procstep(trivial) if "procstep" in case else mod.funcstep(trivial)
     steps = [
         (mod.funcstep(trivial), workers),
-        (mod.funcstep(trivial), workers),
+        (middle, workers),
         (mod.funcstep(record), workers),
     ]
     p = mod.Pipeline(steps, quiet=True)
@@ -152,9 +180,84 @@ IMPLS = [
     (
         "ringcast",
         ringcast_impl,
-        {"3x1 put_all": 200_000, "3x1 put_iterable": 200_000, "3x4 put_all": 200_000},
+        {
+            "3x1 put_all": 200_000,
+            "3x1 put_iterable": 200_000,
+            "3x4 put_all": 200_000,
+            "3x1 procstep": 50_000,
+        },
     ),
 ]
+
+
+# -- CPU-bound step: process workers vs one worker ------------------------------------------------
+
+
+def run_cpu(kind, workers, n):
+    """Seconds for the whole run, and from the first result to the last."""
+    from ringcast import pipeline
+
+    out = []
+    perf = time.perf_counter
+
+    def record(r):
+        out.append((perf(), r))
+
+    make = pipeline.procstep if kind == "procstep" else pipeline.funcstep
+    p = pipeline.Pipeline([(make(cpu_work), workers), (pipeline.funcstep(record), 1)])
+    t0 = perf()
+    p.put_all([CPU_LOOP] * n)
+    p.finish()
+    p.run()
+    dt = perf() - t0
+    if len(out) != n or {r for _, r in out} != {cpu_work(CPU_LOOP)}:
+        raise Failed(f"ringcast cpu {kind} x{workers}: {len(out)} results out of {n}")
+    return dt, out[-1][0] - out[0][0]
+
+
+def run_pool(workers, n):
+    import multiprocessing
+
+    perf = time.perf_counter
+    t0 = perf()
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        stamps = [perf() for _ in pool.imap_unordered(cpu_work, [CPU_LOOP] * n)]
+    dt = perf() - t0
+    if len(stamps) != n:
+        raise Failed(f"Pool({workers}): {len(stamps)} results out of {n}")
+    return dt, stamps[-1] - stamps[0]
+
+
+def cpu_records(repeat, n, log):
+    t0 = time.perf_counter()
+    cpu_work(CPU_LOOP)
+    per_item = time.perf_counter() - t0
+    print(f"cpu_work: {per_item * 1000:.2f} ms per item in this process", file=log)
+    runs = [
+        ("ringcast", "procstep", 1, lambda: run_cpu("procstep", 1, n)),
+        ("ringcast", "procstep", 2, lambda: run_cpu("procstep", 2, n)),
+        ("multiprocessing.Pool", "pool", 1, lambda: run_pool(1, n)),
+        ("multiprocessing.Pool", "pool", 2, lambda: run_pool(2, n)),
+    ]
+    best = {}  # (impl, kind, workers) -> [whole run, first to last result], best of each
+    for _ in range(repeat):  # alternate, so that a slow spell of the machine hits all
+        for impl, kind, workers, run in runs:
+            dt, steady = run()
+            print(f"  {impl} cpu {kind} x{workers}: {dt:.2f} s ({steady:.2f} s)", file=log)
+            b = best.setdefault((impl, kind, workers), [dt, steady])
+            b[0], b[1] = min(b[0], dt), min(b[1], steady)
+    best[("ringcast", "funcstep", 2)] = list(run_cpu("funcstep", 2, n))  # once: no gain
+    records = [
+        {"impl": impl, "case": f"cpu {kind} x{workers}", "items_per_s": round(n / dt, 1)}
+        for (impl, kind, workers), (dt, _) in best.items()
+    ]
+    for impl, kind in (("ringcast", "procstep"), ("multiprocessing.Pool", "pool")):
+        one, two = best[(impl, kind, 1)], best[(impl, kind, 2)]
+        records.append({"impl": impl, "case": "cpu x2 vs x1", "speedup": round(one[0] / two[0], 2)})
+        records.append(
+            {"impl": impl, "case": "cpu x2 vs x1 steady", "speedup": round(one[1] / two[1], 2)}
+        )
+    return records
 
 
 def main(argv=None):
@@ -164,13 +267,14 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
     ap.add_argument("--quick", action="store_true", help="fewer items, one repetition")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case (best is kept)")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU-bound cases")
     args = ap.parse_args(argv)
     repeat = 1 if args.quick else max(1, args.repeat)
     scale = 0.25 if args.quick else 1.0
     log = sys.stderr if args.json else sys.stdout
 
     records = []
-    for impl, factory, cases in IMPLS:
+    for impl, factory, cases in [] if args.cpu_only else IMPLS:
         try:
             run = factory()
         except Exception as exc:  # not installed, or does not import on this Python
@@ -186,15 +290,20 @@ def main(argv=None):
                 print(f"skipping {impl} {case}: {type(exc).__name__}: {exc}", file=log)
                 continue
             records.append({"impl": impl, "case": case, "items_per_s": round(n / best)})
+    records += cpu_records(max(repeat, 2), 500 if args.quick else 2000, log)
 
     if args.json:
         print(json.dumps(records, indent=1))
         return
     paipa = {r["case"]: r["items_per_s"] for r in records if r["impl"] == "paipa"}
-    print(f"\n{'case':<18} {'impl':<16} {'items/s':>12} {'vs paipa':>9}")
-    for r in sorted(records, key=lambda r: (r["case"], -r["items_per_s"])):
+    rates = [r for r in records if "items_per_s" in r]
+    print(f"\n{'case':<20} {'impl':<20} {'items/s':>12} {'vs paipa':>9}")
+    for r in sorted(rates, key=lambda r: (r["case"], -r["items_per_s"])):
         ratio = f"{r['items_per_s'] / paipa[r['case']]:.1f}x" if r["case"] in paipa else "-"
-        print(f"{r['case']:<18} {r['impl']:<16} {r['items_per_s']:>12,} {ratio:>9}")
+        print(f"{r['case']:<20} {r['impl']:<20} {r['items_per_s']:>12,} {ratio:>9}")
+    for r in records:
+        if "speedup" in r:
+            print(f"{r['case']:<20} {r['impl']:<20} {'speed-up':>12} {r['speedup']:>8.2f}x")
     print("every run: every item came out exactly once")
 
 

@@ -11,6 +11,10 @@ Threaded::
     p.put_iterable(urls)
     p.run()            # blocks; raises the first step exception
 
+Process steps (CPU-bound Python work in worker processes, items through shared memory)::
+
+    p = Pipeline([(funcstep(load), 1), (procstep(analyse), 4), (funcstep(store), 1)])
+
 Coroutine::
 
     from ringcast.pipeline import combine_pipeline, chunk
@@ -30,6 +34,7 @@ from .coroutines import (
 )
 from .debugger import LoggingReporter, PipelineRuntimeDebugger
 from .iterables import chunk, consume, flatten, is_iterable, recursive_flatten
+from .process import ProcessStep, RemoteError, RemoteTraceback, WorkerDied, procstep
 from .threaded import (
     AbstractIterStep,
     AbstractStep,
@@ -79,4 +84,10 @@ __all__ = [
     "StepFailure",
     "StepStats",
     "PipelineStats",
+    # process steps
+    "procstep",
+    "ProcessStep",
+    "WorkerDied",
+    "RemoteTraceback",
+    "RemoteError",
 ]

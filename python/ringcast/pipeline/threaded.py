@@ -16,9 +16,9 @@ Structure of a run::
 * A failure that makes a step unable to go on (its generator raised, every worker died) aborts
   its input channel; the producers upstream then stop in turn, down to the feeder.
 
-Process-based steps (on the shared-memory queue's consumer groups) are planned: a step kind
-only has to provide a runtime with the same channel contract (take from ``inbox``, put to
-``outbox``, end/abort), see :func:`_make_runtime`.
+Process steps (:mod:`ringcast.pipeline.process`) plug in here: their runtime keeps the same
+channel contract (take from ``inbox``, put to ``outbox``, end/abort, busy marks), see
+:func:`_make_runtime`.
 """
 
 from __future__ import annotations
@@ -696,6 +696,9 @@ class _StepRuntime:
         finally:
             self.run.thread_exited()
 
+    def discard(self) -> None:
+        """The run did not start: release what build() acquired (nothing for threads)."""
+
     def snapshot(self) -> StepStats:
         stats = [inst._rc_stats for inst in self.instances]
         return StepStats(
@@ -869,8 +872,12 @@ def _make_runtime(
     inbox: Channel,
     outbox: Any,
     pipeline_options: dict,
-) -> _StepRuntime:
-    """The runtime of one step definition (the place where process steps will plug in)."""
+) -> Any:
+    """The runtime of one step definition: worker threads, or worker processes."""
+    if getattr(cls, "_rc_process_step", False):
+        from .process import _ProcStepRuntime
+
+        return _ProcStepRuntime(run, cls, workers, opts, inbox, outbox, pipeline_options)
     return _StepRuntime(run, cls.__name__, cls, workers, opts, inbox, outbox, pipeline_options)
 
 
@@ -916,6 +923,9 @@ def _parse_steps(steps: Any) -> list:
             missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
             raise InvalidArgument(f"step {cls.__name__} (step {i}) does not implement {missing}")
         _check_int(f"workers of step {cls.__name__} (step {i})", workers, 1)
+        validate = getattr(cls, "_rc_validate", None)
+        if validate is not None:
+            validate(f"step {i}")  # a process step: its settings, and that it pickles
         if not isinstance(opts, Mapping):
             raise InvalidArgument(
                 f"options of step {cls.__name__} (step {i}) must be a dict, got {opts!r}"
@@ -1183,9 +1193,17 @@ class Pipeline:
                 run.steps.append(_make_runtime(run, cls, workers, sopts, inbox, outbox, opts))
                 inbox = outbox
             # Hooks step_initialize/initialize run here, in the caller's thread; an exception
-            # leaves the pipeline as it was (no thread started yet).
-            for rt in run.steps:
-                rt.build()
+            # leaves the pipeline as it was (no thread started yet; process steps built so far
+            # stop their worker processes).
+            built: list = []
+            try:
+                for rt in run.steps:
+                    built.append(rt)
+                    rt.build()
+            except BaseException:
+                for rt in built:
+                    rt.discard()
+                raise
             for rt in run.steps:
                 for inst in rt.instances:
                     inst.daemon = self.daemon
@@ -1208,6 +1226,8 @@ class Pipeline:
                         run.done.set()
                 for t in run.threads[:started]:
                     t.join()
+                for rt in run.steps:
+                    rt.discard()
                 self._run = None
                 self._reset_input()
                 raise
