@@ -290,7 +290,7 @@ def rc_setup(payload, readers):
     import ringcast
 
     name = unique_name("rc")
-    q = ringcast.BroadcastQueue(name, create=True, capacity=RING_BYTES)
+    q = ringcast.BroadcastQueue(name, create=True, capacity=RING_BYTES, spin_us=RC_SPIN_US)
     return {"name": name, "q": q}
 
 
@@ -305,7 +305,7 @@ def rc_teardown(st):
 def rc_writer(st, payload, n, h):
     import ringcast
 
-    q = ringcast.BroadcastQueue(st["name"], create=False)
+    q = ringcast.BroadcastQueue(st["name"], create=False, spin_us=RC_SPIN_US)
     body = bytearray(payload)
     send = q.send
     pack = struct.pack_into
@@ -322,7 +322,7 @@ def rc_writer(st, payload, n, h):
 def rc_reader(st, idx, payload, n, h):
     import ringcast
 
-    q = ringcast.BroadcastQueue(st["name"], create=False)
+    q = ringcast.BroadcastQueue(st["name"], create=False, spin_us=RC_SPIN_US)
     r = q.reader()
     h.ready()
     recv = r.recv_bytes
@@ -341,7 +341,7 @@ def rc_lease_reader(st, idx, payload, n, h):
     """Zero-copy: read the sequence number straight from the leased view of the body."""
     import ringcast
 
-    q = ringcast.BroadcastQueue(st["name"], create=False)
+    q = ringcast.BroadcastQueue(st["name"], create=False, spin_us=RC_SPIN_US)
     r = q.reader()
     h.ready()
     lease = r.lease
@@ -990,6 +990,10 @@ def print_table(records, impls):
     )
 
 
+#: ringcast's spin window (µs) for its writer and readers; 20 is the library's default.
+RC_SPIN_US = 20.0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -999,7 +1003,15 @@ def main(argv=None):
     ap.add_argument("--impl", action="append", choices=IMPL_ORDER, help="only these")
     ap.add_argument("--payload", action="append", type=int, choices=PAYLOADS, help="only these")
     ap.add_argument("--repeat", type=int, help="runs per case, best kept (default 3, quick 1)")
+    ap.add_argument(
+        "--rc-spin-us",
+        type=float,
+        default=20.0,
+        help="ringcast's spin window in µs (default 20, the library default)",
+    )
     args = ap.parse_args(argv)
+    global RC_SPIN_US
+    RC_SPIN_US = args.rc_spin_us
     t_start = time.perf_counter()
     note_out = sys.stderr if args.json else sys.stdout
     seconds = 0.2 if args.quick else 0.4
