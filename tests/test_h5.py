@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ringcast
+import ringcast.h5
 from ringcast.h5 import DEFAULT_BLOCK_BYTES, QueueClosed, Streamer
 
 
@@ -31,6 +32,17 @@ def h5file(tmp_path_factory):
         f.create_dataset("contig", data=rows)
         f.create_dataset("chunked", data=rows, chunks=(64, 16))
         f.create_dataset("gzip", data=rows, chunks=(100, 16), compression="gzip")
+        f.create_dataset("shuffled", data=rows, chunks=(64, 16), compression="gzip", shuffle=True)
+        f.create_dataset("bigend", data=rows.astype(">f8"), chunks=(50, 16))
+        f.create_dataset(
+            "cube_gz",
+            data=np.arange(203 * 4 * 5, dtype=np.int32).reshape(203, 4, 5),
+            chunks=(16, 4, 5),
+            compression="gzip",
+            compression_opts=1,
+        )
+        f.create_dataset("part_chunks", data=rows, chunks=(64, 8))
+        f.create_dataset("lzf", data=rows, chunks=(64, 16), compression="lzf")
         f.create_dataset("cube", data=np.arange(200 * 4 * 5, dtype=np.int16).reshape(200, 4, 5))
         f.create_dataset("big_rows", data=np.ones((5, 40000), dtype=np.float64))
         f.create_dataset("comp", data=comp, chunks=(50,))
@@ -236,7 +248,56 @@ def test_keeping_a_view_of_every_block_raises_instead_of_hanging(streamer):
     q.close()
 
 
-def test_read_errors_reach_the_consumer_in_every_mode(tmp_path):
+@pytest.mark.parametrize(
+    "path", ["/contig", "/chunked", "/gzip", "/shuffled", "/bigend", "/cube_gz"]
+)
+@pytest.mark.parametrize("cyclic", [False, True])
+def test_native_path_is_byte_identical_to_h5py(streamer, h5file, path, cyclic):
+    with h5py.File(h5file[0]) as f:
+        want = f[path][()]
+    n = len(want)
+    for bs in (1, 7, 64, 100, n):
+        q = streamer.get_queue(
+            path, n_procs=2, block_size=bs, ordered=True, cyclic=cyclic, remainder=True, native=True
+        )
+        assert q.native
+        if cyclic:
+            blocks = []
+            for _ in range(-(-2 * n // bs)):
+                with q.get(timeout=30) as block:
+                    blocks.append(block.copy())
+            q.close()
+            assert {b.dtype for b in blocks} == {want.dtype}
+            got = np.concatenate(blocks).astype(want.dtype)
+            idx = np.arange(len(got)) % n
+            assert got.tobytes() == want[idx].tobytes()
+        else:
+            blocks = drain(q)
+            assert {b.dtype for b in blocks} == {want.dtype}
+            got = np.concatenate(blocks).astype(want.dtype)  # concatenate makes it native-endian
+            assert got.tobytes() == want.tobytes()
+
+
+def test_native_path_falls_back_or_says_why(streamer, h5file):
+    for path, why in [
+        ("/part_chunks", "do not span whole rows"),
+        ("/lzf", "filters"),
+        ("/comp", "not a plain number"),
+    ]:
+        q = streamer.get_queue(path, n_procs=1)
+        assert not q.native, path
+        drain(q)
+        with pytest.raises(ValueError, match=why):
+            streamer.get_queue(path, native=True)
+    with pytest.raises(ValueError, match="field"):
+        streamer.get_queue("/comp", field="id", native=True)
+    assert streamer.get_queue("/contig", native=False).native is False
+    with Streamer(h5file[0], swmr=True, libver="latest") as s:
+        assert not s.get_queue("/contig", n_procs=1).native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_read_errors_reach_the_consumer_in_every_mode(tmp_path, native):
     path = str(tmp_path / "bad.h5")
     with h5py.File(path, "w") as f:
         ds = f.create_dataset(
@@ -251,20 +312,28 @@ def test_read_errors_reach_the_consumer_in_every_mode(tmp_path):
         fh.write(b"\xff" * info.size)
     with Streamer(path) as s:
         for ordered in (True, False):
-            q = s.get_queue("/z", n_procs=2, ordered=ordered)
+            q = s.get_queue("/z", n_procs=2, ordered=ordered, native=native)
+            assert q.native == native
             ok, errors = 0, []
             for g in q.iter():
                 try:
                     with g:
                         ok += 1
-                except OSError as e:
+                except (OSError, ringcast.h5.ReadError) as e:
                     errors.append(e)
             assert ok == 3 and len(errors) == 1
-            assert "Traceback" in str(errors[0].__cause__)
+            if native:
+                assert isinstance(errors[0], ringcast.h5.ReadError)
+                assert "row 200 does not inflate" in str(errors[0])
+            else:
+                assert isinstance(errors[0], OSError)
+                assert "Traceback" in str(errors[0].__cause__)
 
 
 def test_a_killed_worker_makes_the_consumer_raise(streamer, h5file):
-    q = streamer.get_queue("/contig", n_procs=2, block_size=10, cyclic=True, read_ahead=3)
+    q = streamer.get_queue(
+        "/contig", n_procs=2, block_size=10, cyclic=True, read_ahead=3, native=False
+    )
     with q.get():
         pass
     pool = streamer._pool
@@ -284,7 +353,7 @@ SCRIPT = textwrap.dedent(
     import os, sys, time
     from ringcast.h5 import Streamer
     s = Streamer(sys.argv[1])
-    q = s.get_queue("/contig", n_procs=2, block_size=10, cyclic=True)
+    q = s.get_queue("/contig", n_procs=2, block_size=10, cyclic=True, native=False)
     with q.get() as b:
         pass
     print(" ".join(str(p.pid) for p in s._pool.procs), flush=True)

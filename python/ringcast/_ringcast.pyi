@@ -21,6 +21,7 @@ __all__ = [
     "Reservation",
     "_SlotRing",
     "_SlotBlock",
+    "_native_start",
     "_attach_queue",
     "_message",
     "_open_queue",
@@ -481,6 +482,18 @@ class _SlotBlock:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+def _native_start(
+    ring: _SlotRing,
+    path: str,
+    row_bytes: int,
+    n_rows: int,
+    block_rows: int,
+    cyclic: bool,
+    extents: list[tuple[int, int, int, int, int, int]],
+    threads: int,
+) -> None:
+    """Start native reading threads filling ``ring`` (internal to ``ringcast.h5``)."""
 
 def _message(
     sender: bytes,

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import BroadcastQueue, QueueShutDown, RingcastError, Timeout, WorkerDied
-from ._ringcast import _SlotRing
+from ._ringcast import _native_start, _SlotRing
 
 __all__ = ["Streamer", "QueueClosed", "ReadError", "DEFAULT_BLOCK_BYTES"]
 
@@ -120,6 +120,64 @@ def _field_dtype(ds: Any, field: Optional[str]) -> np.dtype[Any]:
     if ds.dtype.names is None or field not in ds.dtype.names:
         raise ValueError(f"dataset {ds.name} has no field {field!r} (fields: {ds.dtype.names})")
     return np.dtype(ds.dtype.fields[field][0])
+
+
+# ----------------------------------------------------------------------------- native path
+
+
+def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[Any, str]:
+    """Where the rows of ``ds`` are in its file, for the native read path, or ``(None,
+    why not)``. Only plain numeric data stored contiguously, or in chunks that span whole
+    rows, raw or deflated (optionally shuffled), qualifies."""
+    import h5py
+
+    if field is not None:
+        return None, "a field is selected"
+    if kw.get("swmr") or kw.get("driver") not in (None, "sec2"):
+        return None, "the file is opened in SWMR mode or with a non-default driver"
+    dt = ds.dtype
+    if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+        return None, f"its dtype {dt} is not a plain number"
+    if ds.is_virtual or ds.external or ds.id.get_type().get_size() != dt.itemsize:
+        return None, "it is virtual, external, or stored with another element size"
+    n = ds.shape[0]
+    row_bytes = dt.itemsize * _elems(ds.shape[1:])
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        off = ds.id.get_offset()
+        if off is None:
+            return None, "its storage is not allocated"
+        return [(0, n, n, off, n * row_bytes, -1)], ""
+    if layout != h5py.h5d.CHUNKED:
+        return None, "it is a compact dataset"
+    c0 = ds.chunks[0]
+    if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]):
+        return None, f"its chunks {ds.chunks} do not span whole rows"
+    codes = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    if codes == []:
+        shuffle = -1
+    elif codes == [h5py.h5z.FILTER_DEFLATE]:
+        shuffle = 0
+    elif codes == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]:
+        shuffle = dt.itemsize
+    else:
+        return None, f"its filters {codes} are not raw, deflate or shuffle+deflate"
+    nchunks = ds.id.get_num_chunks()
+    if nchunks != -(-n // c0):
+        return None, "some chunks are not written (fill values)"
+    infos = sorted((ds.id.get_chunk_info(i) for i in range(nchunks)), key=lambda c: c.chunk_offset)
+    out = []
+    for ci in infos:
+        if ci.filter_mask != 0:
+            return None, "a chunk skipped a filter"
+        row0 = ci.chunk_offset[0]
+        rows = min(c0, n - row0)
+        if shuffle < 0:
+            out.append((row0, rows, rows, ci.byte_offset, rows * row_bytes, -1))
+        else:
+            out.append((row0, rows, c0, ci.byte_offset, ci.size, shuffle))
+    return out, ""
 
 
 # ----------------------------------------------------------------------------- workers
@@ -330,8 +388,16 @@ class Guard:
         if b.error:
             blob = b.tobytes()
             b.release()
-            exc_blob, tb = pickle.loads(blob)
-            exc = pickle.loads(exc_blob)
+            if blob.startswith(b"RCERR:"):  # from the native read path
+                raise ReadError(blob[6:].decode("utf-8", "replace"))
+            try:
+                exc_blob, tb = pickle.loads(blob)
+                exc = pickle.loads(exc_blob)
+            except Exception:  # a record cut to the slot size
+                raise ReadError(
+                    "a worker failed to read this block (its report did not fit the slot): "
+                    + blob.decode("utf-8", "replace")[-500:]
+                ) from None
             raise exc from _RemoteTraceback(f'\n"""\n{tb}"""')
         lay = self._queue._layout
         rows = len(b) // lay.row_bytes if lay.row_bytes else 0
@@ -363,6 +429,8 @@ class Queue:
         self._closed_seen = False
         self.block_size = layout.bs
         self.stop = threading.Event()
+        #: Whether Rust threads read this queue (the native path) rather than h5py workers.
+        self.native = False
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The guard of the next block, or ``QueueClosed`` once the stream has ended.
@@ -386,7 +454,8 @@ class Queue:
             except Timeout:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
-                self._streamer._check_pool()
+                if not self.native:  # native threads are watched by the ring itself
+                    self._streamer._check_pool()
         if block is None:
             self._closed_seen = True
             self._ring.close()  # leave: the ring is removed once the workers are gone too
@@ -460,9 +529,14 @@ class Streamer:
         ordered: bool = False,
         field: Optional[str] = None,
         remainder: bool = False,
+        native: Optional[bool] = None,
     ) -> Queue:
         """A queue of ``block_size``-row blocks of dataset ``path``, read by ``n_procs``
-        worker processes into ``read_ahead`` (``2 * n_procs + 1``) shared-memory slots."""
+        workers into ``read_ahead`` (``2 * n_procs + 1``) shared-memory slots.
+
+        ``native=None`` reads with Rust threads (``pread``, deflate decoded outside any lock)
+        when the dataset's layout allows it, else with h5py worker processes; ``True``
+        requires the native path (``ValueError`` saying why not); ``False`` uses h5py."""
         n_procs = 4 if n_procs is None else int(n_procs)
         if n_procs < 1:
             raise ValueError(f"n_procs must be at least 1, got {n_procs}")
@@ -484,6 +558,11 @@ class Streamer:
             bs = min(bs, ds.shape[0])
             dtype = _field_dtype(ds, field)
             shape = tuple(ds.shape)
+            extents, why = (None, "not asked for")
+            if native is not False:
+                extents, why = _native_extents(ds, self.kw_args, field)
+                if extents is None and native:
+                    raise ValueError(f"the native read path cannot read {path}: {why}")
             if dtype.subdtype is not None:  # a sub-array field: its shape joins the row's
                 dtype, sub = dtype.subdtype
                 shape = shape + tuple(sub)
@@ -492,7 +571,6 @@ class Streamer:
             tasks = None
         else:
             tasks = lay.n // bs + (1 if remainder and lay.n % bs else 0)
-        pool, workers = self._pool_of(n_procs)
         ring = _SlotRing(
             f"rc_h5q_{os.getpid()}_{next(self._ids)}_{id(self):x}",
             create=True,
@@ -503,6 +581,13 @@ class Streamer:
             tasks=tasks,
         )
         ring.join("consumer")
+        if extents is not None:
+            _native_start(ring, self.filename, lay.row_bytes, lay.n, bs, cyclic, extents, n_procs)
+            q = Queue(self, lay, ring, ordered, cyclic)
+            q.native = True
+            self._queues.add(q)
+            return q
+        pool, workers = self._pool_of(n_procs)
         pool.submit(
             {
                 "ring": ring.name,

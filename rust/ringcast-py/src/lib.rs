@@ -14,6 +14,7 @@ use pyo3::exceptions::{PyBufferError, PyTypeError, PyUnicodeDecodeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use ringcast_core::native;
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
 use ringcast_core::slots::{Claim, SlotOptions, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER};
 use ringcast_core::wait::deadline_from_secs;
@@ -2319,6 +2320,50 @@ impl SlotBlock {
     }
 }
 
+/// Start ``threads`` native reading threads filling ``ring`` from ``path``: ``extents`` is a
+/// list of ``(row0, rows, stored_rows, offset, size, shuffle)``; ``shuffle`` is ``-1`` for raw
+/// bytes, else the element size of a deflated chunk's shuffle (0: no shuffle).
+#[pyfunction]
+#[pyo3(signature = (ring, path, row_bytes, n_rows, block_rows, cyclic, extents, threads))]
+#[allow(clippy::too_many_arguments)] // one per Python argument
+fn _native_start(
+    py: Python<'_>,
+    ring: &Bound<'_, PySlotRing>,
+    path: String,
+    row_bytes: u64,
+    n_rows: u64,
+    block_rows: u64,
+    cyclic: bool,
+    extents: Vec<(u64, u64, u64, u64, u64, i64)>,
+    threads: usize,
+) -> PyResult<()> {
+    let ext = extents
+        .into_iter()
+        .map(
+            |(row0, rows, stored_rows, offset, size, shuffle)| native::Extent {
+                row0,
+                rows,
+                stored_rows,
+                offset,
+                size,
+                codec: if shuffle < 0 {
+                    native::Codec::Raw
+                } else {
+                    native::Codec::Deflate {
+                        shuffle: shuffle as usize,
+                    }
+                },
+            },
+        )
+        .collect();
+    let r = Arc::clone(&ring.get().ring);
+    py.detach(move || {
+        let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
+        native::start(r, Arc::new(plan), threads).map(drop)
+    })
+    .map_err(|e| to_pyerr(py, e))
+}
+
 // ------------------------------------------------------------------------------- module functions
 
 fn info_dict<'py>(py: Python<'py>, i: &segment::SegmentInfo) -> PyResult<Bound<'py, PyDict>> {
@@ -2419,6 +2464,7 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(record_size, m)?)?;
     m.add_function(wrap_pyfunction!(_close_all, m)?)?;
+    m.add_function(wrap_pyfunction!(_native_start, m)?)?;
     m.add("RECORD_HEADER_BYTES", ringcast_core::queue::RECORD_HEADER)?;
     Ok(())
 }
