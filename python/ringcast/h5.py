@@ -166,7 +166,12 @@ def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[
     nchunks = ds.id.get_num_chunks()
     if nchunks != -(-n // c0):
         return None, "some chunks are not written (fill values)"
-    infos = sorted((ds.id.get_chunk_info(i) for i in range(nchunks)), key=lambda c: c.chunk_offset)
+    found: list[Any] = []
+    try:  # one pass over the chunk index (get_chunk_info(i) walks it for every i)
+        ds.id.chunk_iter(found.append)
+    except (AttributeError, NotImplementedError):
+        found = [ds.id.get_chunk_info(i) for i in range(nchunks)]
+    infos = sorted(found, key=lambda c: c.chunk_offset)
     out = []
     for ci in infos:
         if ci.filter_mask != 0:
