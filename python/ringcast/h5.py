@@ -502,12 +502,25 @@ class Streamer:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._queues: weakref.WeakSet[Queue] = weakref.WeakSet()
+        self._plans: dict[tuple[str, Optional[str]], Any] = {}
         _live_streamers.add(self)
 
     def _file(self) -> Any:
         import h5py
 
         return h5py.File(self.filename, "r", **self.kw_args)
+
+    def _native_plan(self, path: str, ds: Any, field: Optional[str]) -> tuple[Any, str]:
+        """The native path's extents of ``ds``, remembered while the file is unchanged."""
+        st = os.stat(self.filename)
+        key = (path, field)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        extents, why = _native_extents(ds, self.kw_args, field)
+        self._plans[key] = (stamp, extents, why)
+        return extents, why
 
     def _check_pool(self) -> None:
         pool = self._pool
@@ -565,7 +578,7 @@ class Streamer:
             shape = tuple(ds.shape)
             extents, why = (None, "not asked for")
             if native is not False:
-                extents, why = _native_extents(ds, self.kw_args, field)
+                extents, why = self._native_plan(path, ds, field)
                 if extents is None and native:
                     raise ValueError(f"the native read path cannot read {path}: {why}")
             if dtype.subdtype is not None:  # a sub-array field: its shape joins the row's
