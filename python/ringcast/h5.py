@@ -269,8 +269,6 @@ def _worker_main(control: str, index: int, parent: int) -> None:
     _die_with_parent()
     q = BroadcastQueue(control, create=False)
     r = q.reader()
-    ready = threading.Event()
-    ready.set()
     threads: list[threading.Thread] = []
     try:
         while True:

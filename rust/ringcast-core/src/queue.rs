@@ -100,9 +100,6 @@ pub struct RecordRef<'a> {
     pub redelivered: bool,
 }
 
-/// Total length, sender, type and body of a record in the ring.
-type RecordParts<'a> = (u64, &'a [u8], &'a [u8], &'a [u8]);
-
 /// A member slot owned by this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberId {
@@ -1084,17 +1081,23 @@ impl Queue {
 
     // ----------------------------------------------------------------- reading
 
-    /// Slices of the record at `pos` whose header says `lens`; `None` if they do not fit
-    /// in `avail` bytes.
-    fn record_at(
+    /// The record at `pos` whose header (read from the ring by [`Queue::raw_header`]) says
+    /// `hdr`, checked: it must fit in the `avail` bytes up to the tail and, if `expect` is
+    /// given, carry that sequence number. Anything else is a damaged segment.
+    fn record_from(
         &self,
         pos: u64,
-        (blen, slen, tlen): (usize, usize, usize),
+        (blen, slen, tlen, rseq): (usize, usize, usize, u64),
         avail: u64,
-    ) -> Option<RecordParts<'_>> {
+        expect: Option<u64>,
+    ) -> Result<RecordRef<'_>> {
         let total = self.record_len(slen, tlen, blen);
-        if total > avail || total > self.capacity() {
-            return None;
+        if total > avail || total > self.capacity() || expect.is_some_and(|s| s != rseq) {
+            let expected = expect.map_or(String::new(), |s| format!(", expected seq {s}"));
+            return Err(Error::corrupt(
+                self.name(),
+                format!("record at {pos} is damaged (body {blen}, seq {rseq}{expected})"),
+            ));
         }
         let body_off = segment::round_up(
             RECORD_HEADER + (slen + tlen) as u64,
@@ -1103,14 +1106,23 @@ impl Queue {
         let p = self.seg.ring_at(pos);
         // SAFETY: total <= capacity <= ring_size, so the whole record is mapped and
         // contiguous in the mirrored ring.
-        let parts = unsafe {
+        let (sender, typ, body) = unsafe {
             (
                 std::slice::from_raw_parts(p.add(16), slen),
                 std::slice::from_raw_parts(p.add(16 + slen), tlen),
                 std::slice::from_raw_parts(p.add(body_off), blen),
             )
         };
-        Some((total, parts.0, parts.1, parts.2))
+        Ok(RecordRef {
+            seq: rseq,
+            sender,
+            typ,
+            body,
+            start: pos,
+            end: pos + total,
+            missed: 0,
+            redelivered: false,
+        })
     }
 
     /// Whether the member is a lossy reader.
@@ -1152,29 +1164,11 @@ impl Queue {
                     format!("cursor {cur} is outside the log (tail {tail})"),
                 ));
             }
-            let (blen, slen, tlen, rseq) = self.raw_header(cur);
-            let rec = self.record_at(cur, (blen, slen, tlen), tail - cur);
-            let Some((total, sender, typ, body)) = rec.filter(|_| rseq == seq) else {
-                return Err(Error::corrupt(
-                    self.name(),
-                    format!(
-                        "record at {cur} is damaged (body {blen}, seq {rseq}, expected seq {seq})"
-                    ),
-                ));
-            };
-            if filter.accepts(sender, typ) {
-                break Some(RecordRef {
-                    seq,
-                    sender,
-                    typ,
-                    body,
-                    start: cur,
-                    end: cur + total,
-                    missed: 0,
-                    redelivered: false,
-                });
+            let rec = self.record_from(cur, self.raw_header(cur), tail - cur, Some(seq))?;
+            if filter.accepts(rec.sender, rec.typ) {
+                break Some(rec);
             }
-            cur += total;
+            cur = rec.end;
             seq = seq.wrapping_add(1);
         };
         if cur != start {
@@ -1237,32 +1231,15 @@ impl Queue {
                 seq = rseq;
                 continue;
             }
-            let (blen, slen, tlen, rseq) = self.raw_header(cur);
+            let hdr = self.raw_header(cur);
             if !self.intact(cur) {
-                continue;
+                continue; // the header was being overwritten: resync
             }
-            let rec = self.record_at(cur, (blen, slen, tlen), tail - cur);
-            let Some((total, sender, typ, body)) = rec.filter(|_| rseq == seq) else {
-                return Err(Error::corrupt(
-                    self.name(),
-                    format!(
-                        "record at {cur} is damaged (body {blen}, seq {rseq}, expected seq {seq})"
-                    ),
-                ));
-            };
-            if filter.accepts(sender, typ) {
-                break Some(RecordRef {
-                    seq,
-                    sender,
-                    typ,
-                    body,
-                    start: cur,
-                    end: cur + total,
-                    missed,
-                    redelivered: false,
-                });
+            let rec = self.record_from(cur, hdr, tail - cur, Some(seq))?;
+            if filter.accepts(rec.sender, rec.typ) {
+                break Some(RecordRef { missed, ..rec });
             }
-            cur += total;
+            cur = rec.end;
             seq = seq.wrapping_add(1);
         };
         if cur != start || seq != start_seq {
@@ -1376,27 +1353,14 @@ impl Queue {
                         format!("orphaned claim at {p} is outside the log (tail {tail})"),
                     ));
                 }
-                let (blen, slen, tlen, rseq) = self.raw_header(p);
-                let Some((total, sender, typ, body)) =
-                    self.record_at(p, (blen, slen, tlen), tail - p)
-                else {
-                    m.pin.store(NO_PIN, Ordering::SeqCst);
-                    return Err(Error::corrupt(
-                        self.name(),
-                        format!("orphaned claim at {p} is damaged"),
-                    ));
-                };
+                let rec = self
+                    .record_from(p, self.raw_header(p), tail - p, None)
+                    .inspect_err(|_| m.pin.store(NO_PIN, Ordering::SeqCst))?;
                 m.redelivered.fetch_add(1, Ordering::Relaxed);
                 h.redelivered.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(RecordRef {
-                    seq: rseq,
-                    sender,
-                    typ,
-                    body,
-                    start: p,
-                    end: p + total,
-                    missed: 0,
                     redelivered: true,
+                    ..rec
                 }));
             }
         }
@@ -1417,31 +1381,16 @@ impl Queue {
             if g.cursor.load(Ordering::SeqCst) != c {
                 continue;
             }
-            let (blen, slen, tlen, rseq) = self.raw_header(c);
-            let Some((total, sender, typ, body)) = self.record_at(c, (blen, slen, tlen), tail - c)
-            else {
-                m.pin.store(NO_PIN, Ordering::SeqCst);
-                return Err(Error::corrupt(
-                    self.name(),
-                    format!("record at {c} is damaged (body {blen}, seq {rseq})"),
-                ));
-            };
+            let rec = self
+                .record_from(c, self.raw_header(c), tail - c, None)
+                .inspect_err(|_| m.pin.store(NO_PIN, Ordering::SeqCst))?;
             if g.cursor
-                .compare_exchange(c, c + total, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(c, rec.end, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                g.seq.fetch_max(rseq.wrapping_add(1), Ordering::Relaxed);
+                g.seq.fetch_max(rec.seq.wrapping_add(1), Ordering::Relaxed);
                 pair(&h.space_wait).notify();
-                return Ok(Some(RecordRef {
-                    seq: rseq,
-                    sender,
-                    typ,
-                    body,
-                    start: c,
-                    end: c + total,
-                    missed: 0,
-                    redelivered: false,
-                }));
+                return Ok(Some(rec));
             }
         }
     }
@@ -1501,6 +1450,14 @@ impl Queue {
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         Ok(r?.is_some())
+    }
+
+    /// Messages sent but not yet handed out to group member `id`'s group.
+    pub fn group_lag(&self, id: MemberId) -> Result<u64> {
+        let g = self.my_group(self.member(id.slot)?)?;
+        Ok(self
+            .write_seq()
+            .saturating_sub(g.seq.load(Ordering::Relaxed)))
     }
 
     /// Whether the member is in a consumer group.

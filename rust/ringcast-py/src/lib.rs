@@ -1498,13 +1498,8 @@ impl PyReader {
     /// Messages sent but not yet read by this reader (its group, for a group reader).
     #[getter]
     fn lag(&self) -> PyResult<u64> {
-        if let Some(g) = &self.group {
-            let st = self.m.q.stats();
-            return Ok(st
-                .members
-                .iter()
-                .find(|m| m.kind == KIND_GROUP && m.name == g.as_bytes())
-                .map_or(0, |m| m.lag_messages));
+        if self.group.is_some() {
+            return self.m.q.group_lag(self.m.id).map_err(to_pyerr_now);
         }
         let (_, seq) = self.position()?;
         Ok(self.m.q.write_seq().saturating_sub(seq))
