@@ -234,11 +234,98 @@ fn unshuffle(src: &[u8], dst: &mut [u8], elem: usize) {
     dst[tail..].copy_from_slice(&src[tail..]);
 }
 
+/// Fill claimed slot `slot` with the rows of `task` and publish it; a read that fails
+/// publishes an error record instead: `RCERR:` and the message.
+fn fill_slot(
+    ring: &SlotRing,
+    plan: &Plan,
+    slot: u32,
+    task: u64,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let n = ring.slot_bytes() as usize;
+    let p = ring.slot_ptr(slot)?;
+    // SAFETY: the claimed slot is this thread's until it publishes it.
+    let dst = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    match plan.fill(task, dst, scratch) {
+        Ok(len) => ring.publish(slot, len, false),
+        Err(e) => {
+            let msg = format!("RCERR:{e}");
+            let len = msg.len().min(n);
+            dst[..len].copy_from_slice(&msg.as_bytes()[..len]);
+            ring.publish(slot, len as u64, true)
+        }
+    }
+}
+
+/// A ring being filled from a plan: its reading threads, and [`Filler::help`] for a consumer
+/// that would otherwise wait.
+pub struct Filler {
+    ring: Arc<SlotRing>,
+    plan: Arc<Plan>,
+    spare: std::sync::Mutex<Vec<Scratch>>,
+    helped: std::sync::atomic::AtomicU64,
+}
+
+impl Filler {
+    /// A filler with no reading thread yet (see [`Filler::spawn`]).
+    pub fn new(ring: Arc<SlotRing>, plan: Plan) -> Arc<Filler> {
+        Arc::new(Filler {
+            ring,
+            plan: Arc::new(plan),
+            spare: std::sync::Mutex::new(Vec::new()),
+            helped: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Start `threads` reading threads (at least one: a consumer that waits for a slot
+    /// relies on a live worker to report a dead one) that fill the ring until its tasks
+    /// run out or it is stopped.
+    pub fn start(ring: Arc<SlotRing>, plan: Plan, threads: usize) -> Result<Arc<Filler>> {
+        let f = Filler::new(ring, plan);
+        f.spawn(threads.max(1))?;
+        Ok(f)
+    }
+
+    /// Start `threads` more reading threads.
+    pub fn spawn(&self, threads: usize) -> Result<Vec<JoinHandle<()>>> {
+        start(Arc::clone(&self.ring), Arc::clone(&self.plan), threads)
+    }
+
+    /// Blocks the consumers read themselves (through [`Filler::help`]).
+    pub fn helped(&self) -> u64 {
+        self.helped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// For a consumer (member `id`) with nothing ready to take: claim a free slot, fill it
+    /// in this thread and publish it. Returns whether it did (false: no free slot, no task
+    /// left, or the ring stopped).
+    pub fn help(&self, id: crate::queue::MemberId) -> Result<bool> {
+        let Ok(Some(Claim::Slot(slot, task))) = self.ring.try_claim(id) else {
+            return Ok(false);
+        };
+        let mut scratch = self
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let r = fill_slot(&self.ring, &self.plan, slot, task, &mut scratch);
+        self.spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(scratch);
+        self.helped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r.map(|()| true)
+    }
+}
+
 /// Start `threads` reading threads that fill `ring` from `plan` until its tasks run out or
 /// it is stopped. A read that fails publishes an error record: `RCERR:` and the message.
 pub fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<Vec<JoinHandle<()>>> {
     let mut out = Vec::with_capacity(threads);
-    for _ in 0..threads.max(1) {
+    for _ in 0..threads {
         let id = ring.join(KIND_WORKER, b"native reader")?;
         let (ring, plan) = (Arc::clone(&ring), Arc::clone(&plan));
         out.push(std::thread::spawn(move || {
@@ -250,20 +337,7 @@ pub fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<Vec
             loop {
                 match ring.claim(id, spec(), &mut crate::wait::no_check) {
                     Ok(Claim::Slot(slot, task)) => {
-                        let n = ring.slot_bytes() as usize;
-                        let Ok(p) = ring.slot_ptr(slot) else { break };
-                        // SAFETY: the claimed slot is this thread's until it publishes it.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(p, n) };
-                        let r = match plan.fill(task, dst, &mut scratch) {
-                            Ok(len) => ring.publish(slot, len, false),
-                            Err(e) => {
-                                let msg = format!("RCERR:{e}");
-                                let len = msg.len().min(n);
-                                dst[..len].copy_from_slice(&msg.as_bytes()[..len]);
-                                ring.publish(slot, len as u64, true)
-                            }
-                        };
-                        if r.is_err() {
+                        if fill_slot(&ring, &plan, slot, task, &mut scratch).is_err() {
                             break;
                         }
                     }

@@ -308,43 +308,10 @@ impl SlotRing {
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Claim> {
         let h = self.header();
-        let limit = self.tasks();
         let got = block_on(
             &pair(&h.space_wait),
             spec,
-            || {
-                if self.stopped() {
-                    return Err(Error::ShutDown(self.name().to_owned()));
-                }
-                if limit.is_some_and(|l| self.next_task().load(Ordering::Acquire) >= l) {
-                    return Ok(Some(Claim::NoMoreTasks));
-                }
-                for slot in 0..self.n_slots() {
-                    let m = self.meta(slot)?;
-                    if m.state
-                        .compare_exchange(
-                            SLOT_FREE,
-                            SLOT_FILLING,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    m.owner.store(id.slot, Ordering::Relaxed);
-                    m.flags.store(0, Ordering::Relaxed);
-                    let t = self.next_task().fetch_add(1, Ordering::AcqRel);
-                    if limit.is_some_and(|l| t >= l) {
-                        m.state.store(SLOT_FREE, Ordering::Release);
-                        pair(&h.space_wait).notify();
-                        return Ok(Some(Claim::NoMoreTasks));
-                    }
-                    m.task.store(t, Ordering::Relaxed);
-                    return Ok(Some(Claim::Slot(slot, t)));
-                }
-                Ok(None)
-            },
+            || self.try_claim(id),
             || {
                 if !self.creator_alive() {
                     return Err(Error::ShutDown(self.name().to_owned()));
@@ -353,6 +320,39 @@ impl SlotRing {
             },
         )?;
         Ok(got.unwrap_or(Claim::TimedOut))
+    }
+
+    /// [`SlotRing::claim`] without waiting: `None` when no slot is free.
+    pub fn try_claim(&self, id: MemberId) -> Result<Option<Claim>> {
+        if self.stopped() {
+            return Err(Error::ShutDown(self.name().to_owned()));
+        }
+        let limit = self.tasks();
+        if limit.is_some_and(|l| self.next_task().load(Ordering::Acquire) >= l) {
+            return Ok(Some(Claim::NoMoreTasks));
+        }
+        for slot in 0..self.n_slots() {
+            let m = self.meta(slot)?;
+            // Look before the compare-exchange: a failed one still takes the line exclusive.
+            if m.state.load(Ordering::Relaxed) != SLOT_FREE
+                || m.state
+                    .compare_exchange(SLOT_FREE, SLOT_FILLING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            m.owner.store(id.slot, Ordering::Relaxed);
+            m.flags.store(0, Ordering::Relaxed);
+            let t = self.next_task().fetch_add(1, Ordering::AcqRel);
+            if limit.is_some_and(|l| t >= l) {
+                m.state.store(SLOT_FREE, Ordering::Release);
+                pair(&self.header().space_wait).notify();
+                return Ok(Some(Claim::NoMoreTasks));
+            }
+            m.task.store(t, Ordering::Relaxed);
+            return Ok(Some(Claim::Slot(slot, t)));
+        }
+        Ok(None)
     }
 
     /// Publish slot `slot` (claimed by this worker) holding `len` bytes; `error` marks an
@@ -390,6 +390,18 @@ impl SlotRing {
         spec: WaitSpec,
         on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<TakeResult> {
+        self.take_helping(want, spec, on_slice, &mut || Ok(false))
+    }
+
+    /// [`SlotRing::take`], where the consumer, instead of waiting while nothing is ready,
+    /// may fill a slot itself: `help` is called then and returns whether it published one.
+    pub fn take_helping(
+        &self,
+        want: Option<u64>,
+        spec: WaitSpec,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+        help: &mut dyn FnMut() -> Result<bool>,
+    ) -> Result<TakeResult> {
         let h = self.header();
         let r = block_on(
             &pair(&h.data_wait),
@@ -400,6 +412,11 @@ impl SlotRing {
                 }
                 if self.finished(want) {
                     return Ok(Some(TakeResult::End));
+                }
+                if help()? {
+                    if let Some(t) = self.try_take(want)? {
+                        return Ok(Some(TakeResult::Block(t)));
+                    }
                 }
                 if self.all_retained() {
                     return Err(Error::Held(format!(

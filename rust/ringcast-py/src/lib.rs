@@ -2009,6 +2009,8 @@ impl Lease {
 struct PySlotRing {
     ring: Arc<SlotRing>,
     me: Mutex<Option<(MemberId, u64)>>,
+    /// The native read path filling this ring, which a waiting consumer helps.
+    filler: std::sync::OnceLock<Arc<native::Filler>>,
 }
 
 impl PySlotRing {
@@ -2069,6 +2071,7 @@ impl PySlotRing {
         Ok(PySlotRing {
             ring,
             me: Mutex::new(None),
+            filler: std::sync::OnceLock::new(),
         })
     }
     /// Register this process as a worker (``"worker"``) or consumer (``"consumer"``).
@@ -2169,7 +2172,16 @@ impl PySlotRing {
             deadline: d,
             spin: Duration::from_micros(20),
         };
-        match blocking(py, move |chk| ring.take(want, spec, chk))? {
+        // With the native path, a consumer with nothing ready reads a block itself.
+        let helper = match slf.get().filler.get() {
+            Some(f) => Some((Arc::clone(f), slf.get().member()?)),
+            None => None,
+        };
+        let got = blocking(py, move |chk| match helper {
+            Some((f, id)) => ring.take_helping(want, spec, chk, &mut || f.help(id)),
+            None => ring.take(want, spec, chk),
+        })?;
+        match got {
             TakeResult::Block(t) => {
                 let p = slf
                     .get()
@@ -2352,11 +2364,19 @@ fn _native_start(
         )
         .collect();
     let r = Arc::clone(&ring.get().ring);
-    py.detach(move || {
-        let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
-        native::start(r, Arc::new(plan), threads).map(drop)
-    })
-    .map_err(|e| to_pyerr(py, e))
+    let filler = py
+        .detach(move || {
+            let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
+            native::Filler::start(r, plan, threads)
+        })
+        .map_err(|e| to_pyerr(py, e))?;
+    if ring.get().filler.set(filler).is_err() {
+        return Err(to_pyerr(
+            py,
+            Error::InvalidArgument("this ring is already filled by the native path".into()),
+        ));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------- module functions
