@@ -12,6 +12,7 @@ import threading
 import time
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 
@@ -276,6 +277,62 @@ def test_native_path_is_byte_identical_to_h5py(streamer, h5file, path, cyclic):
             assert {b.dtype for b in blocks} == {want.dtype}
             got = np.concatenate(blocks).astype(want.dtype)  # concatenate makes it native-endian
             assert got.tobytes() == want.tobytes()
+
+
+PLUGIN_FILTERS = {
+    "lz4": lambda: hdf5plugin.LZ4(),
+    "lz4-small-blocks": lambda: hdf5plugin.LZ4(nbytes=1000),  # several blocks per chunk
+    "shuffle+lz4": lambda: {"shuffle": True, **hdf5plugin.LZ4()},
+    "bitshuffle-lz4": lambda: hdf5plugin.Bitshuffle(cname="lz4"),
+    "bitshuffle-lz4-24": lambda: hdf5plugin.Bitshuffle(nelems=24, cname="lz4"),
+}
+
+
+@pytest.mark.parametrize("filt", sorted(PLUGIN_FILTERS))
+@pytest.mark.parametrize("dtype", ["<f4", ">i2", "u1", "<c16"])
+def test_native_path_decodes_lz4_and_bitshuffle_like_h5py(tmp_path, filt, dtype):
+    path = str(tmp_path / "plugin.h5")
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((403, 37)) * 50).astype(dtype)
+    x[::7] = 0  # compressible rows next to incompressible ones
+    with h5py.File(path, "w") as f:  # chunks of 13 x 37 elements: not a multiple of 8
+        f.create_dataset("x", data=x, chunks=(13, 37), **PLUGIN_FILTERS[filt]())
+    with h5py.File(path) as f:
+        want = f["x"][()]
+    assert want.tobytes() == x.tobytes()
+    with Streamer(path) as s:
+        for bs in (1, 5, 13, 50, len(x)):
+            q = s.get_queue("x", n_procs=2, block_size=bs, ordered=True, remainder=True)
+            assert q.native, "chosen automatically"
+            got = np.concatenate(drain(q)).astype(want.dtype)
+            assert got.tobytes() == want.tobytes(), f"block size {bs}"
+        q = s.get_queue("x", n_procs=1, block_size=50, ordered=True, remainder=True, native=False)
+        got = np.concatenate(drain(q)).astype(want.dtype)  # h5py workers load the plugin too
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("filt", ["lz4", "bitshuffle-lz4"])
+def test_a_damaged_lz4_chunk_is_a_read_error_naming_its_row(tmp_path, filt):
+    path = str(tmp_path / "bad.h5")
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "z",
+            data=np.arange(4000, dtype="f8").reshape(400, 10),
+            chunks=(100, 10),
+            **PLUGIN_FILTERS[filt](),
+        )
+        info = ds.id.get_chunk_info(1)
+    with open(path, "r+b") as fh:  # keep the header, damage the blocks
+        fh.seek(info.byte_offset + 12)
+        fh.write(b"\xff" * (info.size - 12))
+    with Streamer(path) as s:
+        q = s.get_queue("/z", n_procs=2, ordered=True, native=True)
+        with q.get(timeout=30) as block:
+            assert block[0, 0] == 0
+        with pytest.raises(ringcast.h5.ReadError, match="chunk at row 100 has .*block"):
+            with q.get(timeout=30):
+                pass
+        q.close()
 
 
 def test_native_path_falls_back_or_says_why(streamer, h5file):

@@ -490,10 +490,11 @@ def _native_start(
     n_rows: int,
     block_rows: int,
     cyclic: bool,
-    extents: list[tuple[int, int, int, int, int, int]],
+    extents: list[tuple[int, int, int, int, int, int, int]],
     threads: int,
 ) -> None:
-    """Start native reading threads filling ``ring`` (internal to ``ringcast.h5``)."""
+    """Start native reading threads filling ``ring`` (internal to ``ringcast.h5``); a
+    consumer taking from ``ring`` with nothing ready reads a block itself."""
 
 def _message(
     sender: bytes,

@@ -25,6 +25,7 @@ import atexit
 import itertools
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -125,10 +126,47 @@ def _field_dtype(ds: Any, field: Optional[str]) -> np.dtype[Any]:
 # ----------------------------------------------------------------------------- native path
 
 
+#: Filter ids of the HDF5 plugins the native path decodes (hdf5plugin's LZ4 and bitshuffle).
+FILTER_LZ4 = 32004
+FILTER_BITSHUFFLE = 32008
+#: Codec numbers of ``_native_start``'s extents.
+_RAW, _DEFLATE, _LZ4, _BSLZ4 = 0, 1, 2, 3
+
+
+def _native_codec(dcpl: Any, itemsize: int) -> tuple[Optional[tuple[int, int]], str]:
+    """``(codec, elem)`` of a chunked dataset's filter pipeline, or ``(None, why not)``."""
+    import h5py
+
+    filters = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+    codes = [f[0] for f in filters]
+    shuffle = 0
+    if codes[:1] == [h5py.h5z.FILTER_SHUFFLE] and len(codes) == 2:
+        shuffle, codes = itemsize, codes[1:]
+    if codes == []:
+        return (_RAW, 0), ""
+    if codes == [h5py.h5z.FILTER_DEFLATE]:
+        return (_DEFLATE, shuffle), ""
+    if codes == [FILTER_LZ4]:
+        return (_LZ4, shuffle), ""
+    if codes == [FILTER_BITSHUFFLE] and not shuffle:
+        cd = tuple(filters[0][2])
+        # cd_values: major, minor, element size, block size, compression (2: LZ4)
+        if len(cd) >= 5 and cd[4] == 2 and cd[2] in (0, itemsize):
+            return (_BSLZ4, itemsize), ""
+        return None, f"its bitshuffle filter {cd} does not use LZ4 on elements of {itemsize} bytes"
+    names = [
+        f[3].decode("ascii", "replace") if isinstance(f[3], bytes) else str(f[3]) for f in filters
+    ]
+    return None, (
+        f"its filters {names} ({[f[0] for f in filters]}) are not raw, deflate, LZ4 or "
+        "bitshuffle+LZ4 (with an optional shuffle before deflate or LZ4)"
+    )
+
+
 def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[Any, str]:
     """Where the rows of ``ds`` are in its file, for the native read path, or ``(None,
     why not)``. Only plain numeric data stored contiguously, or in chunks that span whole
-    rows, raw or deflated (optionally shuffled), qualifies."""
+    rows, raw or compressed with a filter the native path decodes, qualifies."""
     import h5py
 
     if field is not None:
@@ -148,21 +186,15 @@ def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[
         off = ds.id.get_offset()
         if off is None:
             return None, "its storage is not allocated"
-        return [(0, n, n, off, n * row_bytes, -1)], ""
+        return [(0, n, n, off, n * row_bytes, _RAW, 0)], ""
     if layout != h5py.h5d.CHUNKED:
         return None, "it is a compact dataset"
     c0 = ds.chunks[0]
     if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]):
         return None, f"its chunks {ds.chunks} do not span whole rows"
-    codes = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
-    if codes == []:
-        shuffle = -1
-    elif codes == [h5py.h5z.FILTER_DEFLATE]:
-        shuffle = 0
-    elif codes == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]:
-        shuffle = dt.itemsize
-    else:
-        return None, f"its filters {codes} are not raw, deflate or shuffle+deflate"
+    codec, why = _native_codec(dcpl, dt.itemsize)
+    if codec is None:
+        return None, why
     nchunks = ds.id.get_num_chunks()
     if nchunks != -(-n // c0):
         return None, "some chunks are not written (fill values)"
@@ -178,10 +210,10 @@ def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[
             return None, "a chunk skipped a filter"
         row0 = ci.chunk_offset[0]
         rows = min(c0, n - row0)
-        if shuffle < 0:
-            out.append((row0, rows, rows, ci.byte_offset, rows * row_bytes, -1))
+        if codec[0] == _RAW:
+            out.append((row0, rows, rows, ci.byte_offset, rows * row_bytes, _RAW, 0))
         else:
-            out.append((row0, rows, c0, ci.byte_offset, ci.size, shuffle))
+            out.append((row0, rows, c0, ci.byte_offset, ci.size, *codec))
     return out, ""
 
 
@@ -207,6 +239,11 @@ def _serve(job: dict[str, Any]) -> None:
         ring.join("worker")
     except RingcastError:
         return  # the queue already ended (the other workers did all of it) or was dropped
+    if job.get("hdf5plugin"):
+        try:  # the consumer's process loaded hdf5plugin's filters: so do we
+            import hdf5plugin  # noqa: F401
+        except ImportError:
+            pass
     try:
         ds: Any = None
         lay: Any = None
@@ -616,6 +653,7 @@ class Streamer:
                 "cyclic": cyclic,
                 "field": field,
                 "workers": workers,
+                "hdf5plugin": "hdf5plugin" in sys.modules,
             }
         )
         q = Queue(self, lay, ring, ordered, cyclic)

@@ -26,6 +26,20 @@ pub enum Codec {
     /// A zlib stream (HDF5's deflate filter), after a byte shuffle of elements of
     /// `shuffle` bytes when it is not 0.
     Deflate { shuffle: usize },
+    /// The HDF5 LZ4 filter (id 32004), after a byte shuffle when `shuffle` is not 0.
+    Lz4 { shuffle: usize },
+    /// The bitshuffle filter (id 32008) with LZ4 compression, on elements of `elem` bytes.
+    BitshuffleLz4 { elem: usize },
+}
+
+impl Codec {
+    /// The byte shuffle to undo after decoding (0: none).
+    fn shuffle(self) -> usize {
+        match self {
+            Codec::Deflate { shuffle } | Codec::Lz4 { shuffle } => shuffle,
+            Codec::Raw | Codec::BitshuffleLz4 { .. } => 0,
+        }
+    }
 }
 
 /// A run of rows in the file.
@@ -145,27 +159,37 @@ impl Plan {
             let out = &mut dst[((row - a) * rb) as usize..((row - a + hi - lo) * rb) as usize];
             match e.codec {
                 Codec::Raw => self.pread(out, e.offset + lo * rb)?,
-                Codec::Deflate { shuffle } => {
+                codec => {
                     let full = (e.stored_rows * rb) as usize;
-                    let whole = lo == 0 && hi == e.stored_rows && shuffle == 0;
+                    let shuffle = codec.shuffle();
+                    let whole = lo == 0 && hi == e.stored_rows && shuffle <= 1;
                     scratch.packed.resize(e.size as usize, 0);
                     let mut packed = std::mem::take(&mut scratch.packed);
                     let r = self.pread(&mut packed, e.offset).and_then(|()| {
+                        let at = |why: String| {
+                            Error::bad_data(
+                                &self.path,
+                                format!("the chunk at row {} {why}", e.row0),
+                            )
+                        };
                         if whole {
-                            inflate(&packed, out, &self.path, e.row0)
-                        } else {
-                            scratch.plain.resize(full, 0);
-                            inflate(&packed, &mut scratch.plain, &self.path, e.row0)?;
-                            let src = if shuffle > 1 {
-                                scratch.unshuffled.resize(full, 0);
-                                unshuffle(&scratch.plain, &mut scratch.unshuffled, shuffle);
-                                &scratch.unshuffled
-                            } else {
-                                &scratch.plain
-                            };
-                            out.copy_from_slice(&src[(lo * rb) as usize..(hi * rb) as usize]);
-                            Ok(())
+                            return decode(codec, &packed, out, &mut scratch.block).map_err(at);
                         }
+                        let mut plain = std::mem::take(&mut scratch.plain);
+                        plain.resize(full, 0);
+                        let r = decode(codec, &packed, &mut plain, &mut scratch.block).map_err(at);
+                        let src = if shuffle > 1 {
+                            scratch.unshuffled.resize(full, 0);
+                            unshuffle(&plain, &mut scratch.unshuffled, shuffle);
+                            &scratch.unshuffled
+                        } else {
+                            &plain
+                        };
+                        if r.is_ok() {
+                            out.copy_from_slice(&src[(lo * rb) as usize..(hi * rb) as usize]);
+                        }
+                        scratch.plain = plain;
+                        r
                     });
                     scratch.packed = packed;
                     r?;
@@ -179,7 +203,7 @@ impl Plan {
     fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
         self.file.read_exact_at(buf, off).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::corrupt(
+                Error::bad_data(
                     &self.path,
                     format!("the file ends before byte {}", off + buf.len() as u64),
                 )
@@ -196,29 +220,187 @@ pub struct Scratch {
     packed: Vec<u8>,
     plain: Vec<u8>,
     unshuffled: Vec<u8>,
+    /// One decompressed bitshuffle block.
+    block: Vec<u8>,
 }
 
-fn inflate(src: &[u8], dst: &mut [u8], path: &str, row0: u64) -> Result<()> {
+/// Decode a whole chunk stored with `codec` (not `Raw`) into `dst`, which must come out
+/// exactly full. The byte shuffle, if any, is left to the caller. Errors say what is wrong
+/// with the chunk.
+fn decode(
+    codec: Codec,
+    src: &[u8],
+    dst: &mut [u8],
+    block: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    match codec {
+        Codec::Raw => {
+            if src.len() != dst.len() {
+                return Err(format!("stores {} bytes, not {}", src.len(), dst.len()));
+            }
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+        Codec::Deflate { .. } => inflate(src, dst),
+        Codec::Lz4 { .. } => lz4_chunk(src, dst),
+        Codec::BitshuffleLz4 { elem } => bitshuffle_lz4_chunk(src, dst, elem, block),
+    }
+}
+
+fn inflate(src: &[u8], dst: &mut [u8]) -> std::result::Result<(), String> {
     let mut d = flate2::Decompress::new(true);
     let status = d
         .decompress(src, dst, flate2::FlushDecompress::Finish)
-        .map_err(|e| {
-            Error::corrupt(
-                path,
-                format!("the chunk at row {row0} does not inflate: {e}"),
-            )
-        })?;
+        .map_err(|e| format!("does not inflate: {e}"))?;
     if status != flate2::Status::StreamEnd || d.total_out() != dst.len() as u64 {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "the chunk at row {row0} inflates to {} bytes, not {}",
-                d.total_out(),
-                dst.len()
-            ),
+        return Err(format!(
+            "inflates to {} bytes, not {}",
+            d.total_out(),
+            dst.len()
         ));
     }
     Ok(())
+}
+
+/// A big-endian integer of `N` bytes at `at`, or an error naming `what`.
+fn be<const N: usize>(src: &[u8], at: usize, what: &str) -> std::result::Result<u64, String> {
+    let b = src
+        .get(at..at + N)
+        .ok_or_else(|| format!("ends inside its {what} (byte {at} of {})", src.len()))?;
+    Ok(b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+}
+
+/// One LZ4 block of `src` into all of `dst`.
+fn lz4_block(src: &[u8], dst: &mut [u8]) -> std::result::Result<(), String> {
+    match lz4_flex::block::decompress_into(src, dst) {
+        Ok(n) if n == dst.len() => Ok(()),
+        Ok(n) => Err(format!(
+            "has an LZ4 block that decodes to {n} bytes, not {}",
+            dst.len()
+        )),
+        Err(e) => Err(format!("has an LZ4 block that does not decode: {e}")),
+    }
+}
+
+/// The HDF5 LZ4 filter's chunk: the decoded size (u64, big-endian), the block size (u32),
+/// then for each block its stored size (u32) and its bytes, LZ4-compressed, or as they are
+/// when the stored size equals the block's.
+fn lz4_chunk(src: &[u8], dst: &mut [u8]) -> std::result::Result<(), String> {
+    let total = be::<8>(src, 0, "header")?;
+    let bsize = be::<4>(src, 8, "header")?;
+    if total != dst.len() as u64 {
+        return Err(format!(
+            "has a header that says {total} bytes, not {}",
+            dst.len()
+        ));
+    }
+    if bsize == 0 {
+        return Err("has a header with a block size of 0".into());
+    }
+    let (mut pos, mut out) = (12usize, 0usize);
+    while out < dst.len() {
+        let n = (bsize as usize).min(dst.len() - out);
+        let c = be::<4>(src, pos, "block sizes")? as usize;
+        pos += 4;
+        let body = src.get(pos..pos.saturating_add(c)).ok_or_else(|| {
+            format!("has a block of {c} bytes at byte {pos} that runs past its end")
+        })?;
+        if c == n {
+            dst[out..out + n].copy_from_slice(body);
+        } else {
+            lz4_block(body, &mut dst[out..out + n])?;
+        }
+        pos += c;
+        out += n;
+    }
+    Ok(())
+}
+
+/// Elements per bitshuffle block are a multiple of this; a last partial block is cut to
+/// one, and the elements left over are stored as they are.
+const BSHUF_MULT: usize = 8;
+
+/// The bitshuffle filter's chunk (LZ4): the decoded size (u64, big-endian), the block size
+/// in bytes (u32), then per block its compressed size (u32) and an LZ4 block holding the
+/// block's bit planes; the last `n % 8` elements follow as they are.
+fn bitshuffle_lz4_chunk(
+    src: &[u8],
+    dst: &mut [u8],
+    elem: usize,
+    block: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let total = be::<8>(src, 0, "header")?;
+    let bbytes = be::<4>(src, 8, "header")? as usize;
+    if total != dst.len() as u64 {
+        return Err(format!(
+            "has a header that says {total} bytes, not {}",
+            dst.len()
+        ));
+    }
+    if elem == 0 || !dst.len().is_multiple_of(elem) {
+        return Err(format!(
+            "holds {} bytes, not whole elements of {elem}",
+            dst.len()
+        ));
+    }
+    let belems = bbytes / elem;
+    if !bbytes.is_multiple_of(elem) || belems == 0 || !belems.is_multiple_of(BSHUF_MULT) {
+        return Err(format!(
+            "has a block size of {bbytes} bytes, not a multiple of 8 elements"
+        ));
+    }
+    let n = dst.len() / elem;
+    let (mut pos, mut done) = (12usize, 0usize);
+    while n - done >= BSHUF_MULT {
+        let k = belems.min((n - done) / BSHUF_MULT * BSHUF_MULT);
+        let c = be::<4>(src, pos, "block sizes")? as usize;
+        pos += 4;
+        let body = src.get(pos..pos.saturating_add(c)).ok_or_else(|| {
+            format!("has a block of {c} bytes at byte {pos} that runs past its end")
+        })?;
+        block.resize(k * elem, 0);
+        lz4_block(body, block)?;
+        bitunshuffle(block, &mut dst[done * elem..(done + k) * elem], elem);
+        pos += c;
+        done += k;
+    }
+    let rest = &mut dst[done * elem..];
+    let tail = src
+        .get(pos..pos + rest.len())
+        .ok_or_else(|| format!("ends before its last {} bytes", rest.len()))?;
+    rest.copy_from_slice(tail);
+    Ok(())
+}
+
+/// Transpose an 8x8 bit matrix held in a `u64` (row `r` in byte `r`, column `c` in bit `c`).
+fn transpose8(mut x: u64) -> u64 {
+    let mut t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^= t ^ (t << 28);
+    x
+}
+
+/// Undo bitshuffle on one block of `dst.len() / elem` elements (a multiple of 8): `src`
+/// holds, for byte `j` of the element and bit `b`, a row of one bit per element (row
+/// `8 * j + b`, element `i` at bit `i % 8` of byte `i / 8`).
+fn bitunshuffle(src: &[u8], dst: &mut [u8], elem: usize) {
+    let row = dst.len() / elem / 8;
+    for j in 0..elem {
+        let planes = &src[8 * j * row..8 * (j + 1) * row];
+        for g in 0..row {
+            let mut x = 0u64;
+            for b in 0..8 {
+                x |= u64::from(planes[b * row + g]) << (8 * b);
+            }
+            let t = transpose8(x).to_le_bytes();
+            for (i, &v) in t.iter().enumerate() {
+                dst[(8 * g + i) * elem + j] = v;
+            }
+        }
+    }
 }
 
 /// Undo HDF5's shuffle filter: byte `j` of every element was stored together.

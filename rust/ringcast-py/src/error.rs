@@ -51,6 +51,7 @@ pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
         Error::Exists(_) => raise(py, "SegmentExists", t1(msg)),
         Error::Corrupt { .. } => raise(py, "CorruptSegment", t1(msg)),
         Error::InvalidArgument(_) => raise(py, "InvalidArgument", t1(msg)),
+        Error::BadData { .. } => raise(py, "RingcastError", t1(msg)),
         Error::Full { needed, free } => {
             let args = (msg, needed, free).into_pyobject(py).expect("tuple");
             raise(py, "Full", args)

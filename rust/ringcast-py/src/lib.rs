@@ -2328,8 +2328,9 @@ impl SlotBlock {
 }
 
 /// Start ``threads`` native reading threads filling ``ring`` from ``path``: ``extents`` is a
-/// list of ``(row0, rows, stored_rows, offset, size, shuffle)``; ``shuffle`` is ``-1`` for raw
-/// bytes, else the element size of a deflated chunk's shuffle (0: no shuffle).
+/// list of ``(row0, rows, stored_rows, offset, size, codec, elem)``; ``codec`` is 0 for raw
+/// bytes, 1 deflate, 2 the LZ4 filter, 3 bitshuffle with LZ4; ``elem`` is the element size
+/// of a byte shuffle to undo after deflate or LZ4 (0: none), or bitshuffle's element size.
 #[pyfunction]
 #[pyo3(signature = (ring, path, row_bytes, n_rows, block_rows, cyclic, extents, threads))]
 #[allow(clippy::too_many_arguments)] // one per Python argument
@@ -2341,28 +2342,32 @@ fn _native_start(
     n_rows: u64,
     block_rows: u64,
     cyclic: bool,
-    extents: Vec<(u64, u64, u64, u64, u64, i64)>,
+    extents: Vec<(u64, u64, u64, u64, u64, u8, usize)>,
     threads: usize,
 ) -> PyResult<()> {
-    let ext = extents
-        .into_iter()
-        .map(
-            |(row0, rows, stored_rows, offset, size, shuffle)| native::Extent {
-                row0,
-                rows,
-                stored_rows,
-                offset,
-                size,
-                codec: if shuffle < 0 {
-                    native::Codec::Raw
-                } else {
-                    native::Codec::Deflate {
-                        shuffle: shuffle as usize,
-                    }
-                },
-            },
-        )
-        .collect();
+    let mut ext = Vec::with_capacity(extents.len());
+    for (row0, rows, stored_rows, offset, size, codec, elem) in extents {
+        let codec = match codec {
+            0 => native::Codec::Raw,
+            1 => native::Codec::Deflate { shuffle: elem },
+            2 => native::Codec::Lz4 { shuffle: elem },
+            3 => native::Codec::BitshuffleLz4 { elem },
+            c => {
+                return Err(to_pyerr(
+                    py,
+                    Error::InvalidArgument(format!("native read plan: unknown codec {c}")),
+                ))
+            }
+        };
+        ext.push(native::Extent {
+            row0,
+            rows,
+            stored_rows,
+            offset,
+            size,
+            codec,
+        });
+    }
     let r = Arc::clone(&ring.get().ring);
     let filler = py
         .detach(move || {
