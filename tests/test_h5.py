@@ -237,6 +237,45 @@ def test_a_view_kept_after_its_guard_never_shows_another_block(streamer, h5file)
         kept[0, 0] = 1  # read-only
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_queue_reuses_a_finished_queues_ring_safely(streamer, h5file, native):
+    _, rows, _ = h5file
+
+    def run(path, **kw):
+        q = streamer.get_queue(path, n_procs=2, block_size=10, ordered=True, native=native, **kw)
+        assert q.native == native
+        return q, q._ring.name
+
+    q, first = run("/contig")
+    with q.get(timeout=30) as block:
+        np.testing.assert_array_equal(block, rows[:10])
+    del q, block  # dropped early: its reading threads stop, its ring is kept warm
+    q, again = run("/chunked")  # another dataset, same geometry: the same ring, new data
+    assert again == first
+    np.testing.assert_array_equal(np.concatenate(drain(q)), rows[:1000])
+    del q
+    # A view of a block kept past its queue pins that ring: the next queue gets a new one,
+    # and the view still shows its rows while the new queue runs over other memory.
+    q, name = run("/gzip")
+    assert name == first
+    with q.get(timeout=30) as block:
+        kept = block[2:4]
+    q.close()
+    del q, block
+    q, other = run("/contig", cyclic=True)
+    assert other != name
+    for _ in range(300):
+        with q.get(timeout=30) as block:
+            pass
+    np.testing.assert_array_equal(kept, rows[2:4])
+    del q, block, kept
+    # The generator gives its ring back too; Streamer.close() removes the warm rings
+    # (the per-test check finds nothing left in /dev/shm).
+    n = sum(1 for _ in streamer.get_generator("/contig", block_size=10, native=native))
+    assert n == len(rows)
+    assert 1 <= len(streamer._warm) <= Streamer.WARM_RINGS
+
+
 def test_keeping_a_view_of_every_block_raises_instead_of_hanging(streamer):
     q = streamer.get_queue("/contig", n_procs=1, block_size=10, read_ahead=2, ordered=True)
     kept = []

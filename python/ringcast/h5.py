@@ -467,6 +467,7 @@ class Queue:
         self._next = 0
         self._lock = threading.Lock()
         self._closed_seen = False
+        self._released = False
         self.block_size = layout.bs
         self.stop = threading.Event()
         #: Whether Rust threads read this queue (the native path) rather than h5py workers.
@@ -497,8 +498,7 @@ class Queue:
                 if not self.native:  # native threads are watched by the ring itself
                     self._streamer._check_pool()
         if block is None:
-            self._closed_seen = True
-            self._ring.close()  # leave: the ring is removed once the workers are gone too
+            self._closed_seen = True  # the ring is kept for reuse until the queue dies
             return QueueClosed
         return Guard(self, block)
 
@@ -516,13 +516,22 @@ class Queue:
             self.stop.set()
             self._ring.stop()
 
-    def _release(self) -> None:
+    def _release(self, reuse: bool = False) -> None:
+        """Stop and give the ring up; with ``reuse`` (only once no other thread can use this
+        queue) a native ring goes to the Streamer's warm rings for its next queue."""
+        if self._released:
+            return
+        self._released = True
         self.close()
-        self._ring.close()
+        self._closed_seen = True  # get() answers QueueClosed without the ring from now on
+        if reuse:
+            self._streamer._retire(self._ring)
+        else:
+            self._ring.close()
 
     def __del__(self) -> None:
         try:
-            self._release()
+            self._release(reuse=True)  # no thread can be in a method of a dying queue
         except Exception:
             pass
 
@@ -538,6 +547,9 @@ class Streamer:
         self._ids = itertools.count()
         self._queues: weakref.WeakSet[Queue] = weakref.WeakSet()
         self._plans: dict[tuple[str, Optional[str]], Any] = {}
+        #: Rings of finished queues, their memory faulted in, for the next queues.
+        self._warm: list[Any] = []
+        self._closed = False
         _live_streamers.add(self)
 
     def _file(self) -> Any:
@@ -556,6 +568,40 @@ class Streamer:
         extents, why = _native_extents(ds, self.kw_args, field)
         self._plans[key] = (stamp, extents, why)
         return extents, why
+
+    #: Warm rings a Streamer keeps (two queues read in step need two).
+    WARM_RINGS = 2
+
+    def _retire(self, ring: Any) -> None:
+        """Keep a finished queue's ring for reuse once its readers have left it."""
+        if not ring.retire(1.0):
+            ring.close()
+            return
+        with self._lock:
+            if self._closed:
+                ring.close()
+                return
+            self._warm.append(ring)
+            drop = self._warm[: -self.WARM_RINGS]
+            del self._warm[: -self.WARM_RINGS]
+        for r in drop:
+            r.close()
+
+    def _warm_ring(self, n_slots: int, slot_bytes: int, tasks: Optional[int]) -> Any:
+        """A warm ring of this geometry made new for ``tasks`` tasks, or ``None``."""
+        with self._lock:
+            for i, r in enumerate(self._warm):
+                if r.n_slots == n_slots and slot_bytes <= r.slot_bytes <= 2 * slot_bytes:
+                    del self._warm[i]
+                    break
+            else:
+                return None
+        try:
+            r.recycle(tasks)
+        except RingcastError:  # a view of one of its blocks is still alive
+            r.close()
+            return None
+        return r
 
     def _check_pool(self) -> None:
         pool = self._pool
@@ -624,16 +670,19 @@ class Streamer:
             tasks = None
         else:
             tasks = lay.n // bs + (1 if remainder and lay.n % bs else 0)
-        ring = _SlotRing(
-            f"rc_h5q_{os.getpid()}_{next(self._ids)}_{id(self):x}",
-            create=True,
-            # One spare slot: the `block` of the previous `with guard as block` is still
-            # alive while the loop asks for the next one, and keeps its slot.
-            n_slots=read_ahead + 1,
-            slot_bytes=max(1, bs * lay.row_bytes),
-            tasks=tasks,
-        )
-        ring.join("consumer")
+        # One spare slot: the `block` of the previous `with guard as block` is still alive
+        # while the loop asks for the next one, and keeps its slot.
+        n_slots, slot_bytes = read_ahead + 1, max(1, bs * lay.row_bytes)
+        ring = self._warm_ring(n_slots, slot_bytes, tasks)
+        if ring is None:
+            ring = _SlotRing(
+                f"rc_h5q_{os.getpid()}_{next(self._ids)}_{id(self):x}",
+                create=True,
+                n_slots=n_slots,
+                slot_bytes=slot_bytes,
+                tasks=tasks,
+            )
+            ring.join("consumer")
         if extents is not None:
             _native_start(ring, self.filename, lay.row_bytes, lay.n, bs, cyclic, extents, n_procs)
             q = Queue(self, lay, ring, ordered, cyclic)
@@ -678,10 +727,14 @@ class Streamer:
         ordered: bool = False,
         field: Optional[str] = None,
         remainder: bool = True,
+        native: Optional[bool] = None,
     ) -> Iterator[Any]:
         """Rows one at a time, from copies (safe to keep); with ``remainder`` (the default) the
-        last ``N % block_size`` rows come at the end, read in this process."""
-        q = self.get_queue(path, n_procs, read_ahead, cyclic, block_size, ordered, field, False)
+        last ``N % block_size`` rows come at the end, read in this process. ``native`` as in
+        ``get_queue``."""
+        q = self.get_queue(
+            path, n_procs, read_ahead, cyclic, block_size, ordered, field, False, native
+        )
         try:
             for guard in q.iter():
                 with guard as block:
@@ -689,7 +742,7 @@ class Streamer:
                     del block
                 yield from rows
         finally:
-            q._release()
+            q._release(reuse=True)  # this queue is the generator's own
         if remainder and not cyclic:
             rest = self.get_remainder(path, q.block_size)
             yield from (rest if field is None else rest[field])
@@ -699,7 +752,11 @@ class Streamer:
         for q in list(self._queues):
             q._release()
         with self._lock:
+            self._closed = True
+            warm, self._warm = self._warm, []
             pool, self._pool = self._pool, None
+        for r in warm:
+            r.close()
         if pool is not None:
             pool.close()
 

@@ -447,6 +447,7 @@ pub struct Filler {
     plan: Arc<Plan>,
     spare: std::sync::Mutex<Vec<Scratch>>,
     helped: std::sync::atomic::AtomicU64,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Filler {
@@ -457,6 +458,7 @@ impl Filler {
             plan: Arc::new(plan),
             spare: std::sync::Mutex::new(Vec::new()),
             helped: std::sync::atomic::AtomicU64::new(0),
+            threads: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -470,8 +472,30 @@ impl Filler {
     }
 
     /// Start `threads` more reading threads.
-    pub fn spawn(&self, threads: usize) -> Result<Vec<JoinHandle<()>>> {
-        start(Arc::clone(&self.ring), Arc::clone(&self.plan), threads)
+    pub fn spawn(&self, threads: usize) -> Result<()> {
+        let t = start(Arc::clone(&self.ring), Arc::clone(&self.plan), threads)?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(t);
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for the reading threads to end (they end once the tasks run
+    /// out or the ring is stopped, after the block in hand). Returns whether they all did.
+    pub fn join(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            threads.retain(|t| !t.is_finished());
+            if threads.is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Blocks the consumers read themselves (through [`Filler::help`]).

@@ -568,6 +568,57 @@ impl SlotRing {
         Ok(())
     }
 
+    /// Live members other than `me` (dead ones are reaped first).
+    pub fn others(&self, me: MemberId) -> usize {
+        self.reap_dead();
+        self.seg
+            .members()
+            .filter(|(slot, m)| *slot != me.slot && m.state.load(Ordering::Acquire) != M_FREE)
+            .count()
+    }
+
+    /// Make a finished ring new again for another run of `tasks` tasks (`None`: cyclic), so
+    /// its memory, already faulted in, is reused. Only member `me` may be left (workers
+    /// must have left), and no slot may be filled or leased (a view of a block still
+    /// alive): else [`Error::Held`] and nothing changes. The caller makes sure that none of
+    /// its own threads uses the ring's previous run any more.
+    pub fn recycle(&self, me: MemberId, tasks: Option<u64>) -> Result<()> {
+        if self.others(me) > 0 {
+            return Err(Error::Held(format!(
+                "slot ring '{}' still has other members",
+                self.name()
+            )));
+        }
+        let h = self.header();
+        if h.state.load(Ordering::Acquire) != STATE_OPEN {
+            return Err(Error::Removed(self.name().to_owned()));
+        }
+        for slot in 0..self.n_slots() {
+            if matches!(
+                self.meta(slot)?.state.load(Ordering::Acquire),
+                SLOT_LEASED | SLOT_FILLING
+            ) {
+                return Err(Error::Held(format!(
+                    "slot {slot} of ring '{}' is still being filled or leased",
+                    self.name()
+                )));
+            }
+        }
+        for slot in 0..self.n_slots() {
+            let m = self.meta(slot)?;
+            m.flags.store(0, Ordering::Relaxed);
+            m.len.store(0, Ordering::Relaxed);
+            m.task.store(0, Ordering::Relaxed);
+            m.state.store(SLOT_FREE, Ordering::Release);
+        }
+        h.head_hint
+            .store(tasks.unwrap_or(u64::MAX), Ordering::Release);
+        self.next_task().store(0, Ordering::Release);
+        self.taken().store(0, Ordering::Release);
+        h.shutdown.store(0, Ordering::Release);
+        Ok(())
+    }
+
     /// Overwrite a member's pid (fault-injection tests: make it look dead).
     #[doc(hidden)]
     pub fn segment_member_pid(&self, slot: u32, pid: u32) {

@@ -236,3 +236,57 @@ fn kinds_and_arguments_are_checked() {
         Err(Error::Corrupt { .. })
     ));
 }
+
+#[test]
+fn a_finished_ring_is_recycled_only_when_nothing_uses_it() {
+    let name = uniq("recycle");
+    let _c = Cleanup(name.clone());
+    let ring = SlotRing::create(&name, opts(3, Some(10))).unwrap();
+    let me = ring.join(KIND_CONSUMER, b"c").unwrap();
+    let w = worker(Arc::clone(&ring));
+    let mut kept = None;
+    for want in 0..10u64 {
+        match ring.take(Some(want), wait(10), &mut no_check).unwrap() {
+            TakeResult::Block(t) if want == 9 => kept = Some(t.slot), // still leased
+            TakeResult::Block(t) => ring.release(t.slot).unwrap(),
+            other => panic!("task {want}: {other:?}"),
+        }
+    }
+    assert_eq!(w.join().unwrap(), 10);
+    let kept = kept.unwrap();
+    // A leased slot (a view still alive) forbids it, and changes nothing.
+    assert!(matches!(ring.recycle(me, Some(5)), Err(Error::Held(_))));
+    assert_eq!(ring.tasks(), Some(10));
+    // So does another member still attached.
+    ring.release(kept).unwrap();
+    let other = ring.join(KIND_WORKER, b"w").unwrap();
+    assert!(matches!(ring.recycle(me, Some(5)), Err(Error::Held(_))));
+    ring.leave(other);
+    // Then a new run of 5 tasks, numbered from 0, on the same memory.
+    ring.recycle(me, Some(5)).unwrap();
+    assert_eq!(
+        (ring.tasks(), ring.tasks_started(), ring.blocks_taken()),
+        (Some(5), 0, 0)
+    );
+    assert!(!ring.stopped());
+    let w = worker(Arc::clone(&ring));
+    for want in 0..5u64 {
+        match ring.take(Some(want), wait(10), &mut no_check).unwrap() {
+            TakeResult::Block(t) => {
+                assert_eq!(read_task(&ring, t.slot), want);
+                ring.release(t.slot).unwrap();
+            }
+            other => panic!("second run, task {want}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        ring.take(Some(5), wait(1), &mut no_check).unwrap(),
+        TakeResult::End
+    );
+    assert_eq!(w.join().unwrap(), 5);
+    // A stopped cyclic ring comes back unstopped.
+    ring.stop();
+    ring.recycle(me, None).unwrap();
+    assert_eq!((ring.tasks(), ring.stopped()), (None, false));
+    assert!(ring.leave(me));
+}

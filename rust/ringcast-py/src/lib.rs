@@ -2010,7 +2010,7 @@ struct PySlotRing {
     ring: Arc<SlotRing>,
     me: Mutex<Option<(MemberId, u64)>>,
     /// The native read path filling this ring, which a waiting consumer helps.
-    filler: std::sync::OnceLock<Arc<native::Filler>>,
+    filler: Mutex<Option<Arc<native::Filler>>>,
 }
 
 impl PySlotRing {
@@ -2071,7 +2071,7 @@ impl PySlotRing {
         Ok(PySlotRing {
             ring,
             me: Mutex::new(None),
-            filler: std::sync::OnceLock::new(),
+            filler: Mutex::new(None),
         })
     }
     /// Register this process as a worker (``"worker"``) or consumer (``"consumer"``).
@@ -2173,8 +2173,14 @@ impl PySlotRing {
             spin: Duration::from_micros(20),
         };
         // With the native path, a consumer with nothing ready reads a block itself.
-        let helper = match slf.get().filler.get() {
-            Some(f) => Some((Arc::clone(f), slf.get().member()?)),
+        let filler = slf
+            .get()
+            .filler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let helper = match filler {
+            Some(f) => Some((f, slf.get().member()?)),
             None => None,
         };
         let got = blocking(py, move |chk| match helper {
@@ -2214,6 +2220,55 @@ impl PySlotRing {
     /// Stop: workers end, consumers get what is ready, then the end.
     fn stop(&self) {
         self.ring.stop();
+    }
+    /// Stop, and wait up to ``timeout`` s for the reading threads (native path) or the
+    /// worker processes to leave. Returns whether they did (then ``recycle`` may reuse the
+    /// ring).
+    fn retire(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let d = Duration::try_from_secs_f64(timeout).map_err(|_| {
+            to_pyerr(
+                py,
+                Error::InvalidArgument(format!("timeout must be >= 0, got {timeout}")),
+            )
+        })?;
+        let me = self.member()?;
+        self.ring.stop();
+        let deadline = std::time::Instant::now() + d;
+        let mut slot = self.filler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.clone() {
+            if !py.detach(|| f.join(d)) {
+                return Ok(false);
+            }
+            *slot = None;
+        }
+        let ring = Arc::clone(&self.ring);
+        Ok(py.detach(move || loop {
+            if ring.others(me) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }))
+    }
+    /// Make a retired ring new for ``tasks`` more tasks (``None``: cyclic). ``HandleBusy``
+    /// if a view of an earlier block is still alive or a worker is still attached.
+    #[pyo3(signature = (tasks))]
+    fn recycle(&self, py: Python<'_>, tasks: Option<u64>) -> PyResult<()> {
+        let id = self.member()?;
+        if self
+            .filler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Err(to_pyerr(
+                py,
+                Error::Held("the ring's reading threads are still running".into()),
+            ));
+        }
+        self.ring.recycle(id, tasks).map_err(|e| to_pyerr(py, e))
     }
     /// State of each slot: 0 free, 1 filling, 2 ready, 3 leased.
     fn states(&self) -> Vec<u32> {
@@ -2375,12 +2430,15 @@ fn _native_start(
             native::Filler::start(r, plan, threads)
         })
         .map_err(|e| to_pyerr(py, e))?;
-    if ring.get().filler.set(filler).is_err() {
+    let mut slot = ring.get().filler.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_some() {
+        drop(slot);
         return Err(to_pyerr(
             py,
             Error::InvalidArgument("this ring is already filled by the native path".into()),
         ));
     }
+    *slot = Some(filler);
     Ok(())
 }
 
