@@ -92,7 +92,8 @@ class _Layout:
         self.row_shape = shape[1:]
         self.dtype = dtype
         self.bs = block_size
-        self.row_bytes = dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self.row_elems = _elems(self.row_shape)
+        self.row_bytes = dtype.itemsize * self.row_elems
 
     def rows(self, task: int, cyclic: bool) -> list[tuple[int, int]]:
         """Source row ranges of ``task`` (two ranges for a block that wraps)."""
@@ -265,7 +266,7 @@ def _serve(job: dict[str, Any]) -> None:
             try:
                 if err is not None:
                     raise err
-                out = np.frombuffer(mv, dtype=lay.dtype, count=lay.bs * _elems(lay.row_shape))
+                out = np.frombuffer(mv, dtype=lay.dtype, count=lay.bs * lay.row_elems)
                 out = out.reshape((lay.bs, *lay.row_shape))
                 at = 0
                 for a, b in lay.rows(task, job["cyclic"]):
@@ -441,7 +442,7 @@ class Guard:
             raise exc from _RemoteTraceback(f'\n"""\n{tb}"""')
         lay = self._queue._layout
         rows = len(b) // lay.row_bytes if lay.row_bytes else 0
-        arr = np.frombuffer(b, dtype=lay.dtype, count=rows * _elems(lay.row_shape))
+        arr = np.frombuffer(b, dtype=lay.dtype, count=rows * lay.row_elems)
         return arr.reshape((rows, *lay.row_shape))
 
     def __exit__(self, *exc: Any) -> None:
@@ -481,9 +482,9 @@ class Queue:
         """
         if self._closed_seen:
             return QueueClosed
-        with self._lock:
-            want = None
-            if self._ordered:
+        want = None
+        if self._ordered:
+            with self._lock:
                 want = self._next
                 self._next += 1
         deadline = None if timeout is None else time.monotonic() + timeout
