@@ -459,6 +459,10 @@ class _SlotRing:
         """Consumer: the next ready block, or ``None`` at the end."""
     def stop(self) -> None:
         """Stop the workers."""
+    def retire(self, timeout: float) -> bool:
+        """Stop, and wait up to ``timeout`` s for the readers to leave; whether they did."""
+    def recycle(self, tasks: Optional[int]) -> None:
+        """Make a retired ring new for ``tasks`` tasks (``None``: cyclic)."""
     def states(self) -> list[int]:
         """State of each slot."""
     def close(self) -> None:
