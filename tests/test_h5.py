@@ -276,6 +276,32 @@ def test_a_queue_reuses_a_finished_queues_ring_safely(streamer, h5file, native):
     assert 1 <= len(streamer._warm) <= Streamer.WARM_RINGS
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_forked_copy_of_a_queue_dropped_in_the_child_does_not_stop_it(streamer, h5file, native):
+    _, rows, _ = h5file
+    q = streamer.get_queue("/contig", n_procs=1, block_size=10, ordered=True, native=native)
+    with q.get(timeout=30) as block:
+        np.testing.assert_array_equal(block, rows[:10])
+    del block
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the queue, runs its finalizer, and exits
+        code = 0
+        try:
+            del q
+            import gc
+
+            gc.collect()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+    got = np.concatenate(drain(q))  # every remaining block, as if the child never existed
+    np.testing.assert_array_equal(got, rows[10:1000])
+
+
 def test_keeping_a_view_of_every_block_raises_instead_of_hanging(streamer):
     q = streamer.get_queue("/contig", n_procs=1, block_size=10, read_ahead=2, ordered=True)
     kept = []

@@ -469,6 +469,7 @@ class Queue:
         self._lock = threading.Lock()
         self._closed_seen = False
         self._released = False
+        self._pid = os.getpid()
         self.block_size = layout.bs
         self.stop = threading.Event()
         #: Whether Rust threads read this queue (the native path) rather than h5py workers.
@@ -523,6 +524,8 @@ class Queue:
         if self._released:
             return
         self._released = True
+        if os.getpid() != self._pid:
+            return  # a copy inherited through fork: the queue is its creator's to stop
         self.close()
         self._closed_seen = True  # get() answers QueueClosed without the ring from now on
         if reuse:
