@@ -543,3 +543,34 @@ def test_workers_die_with_their_parent(h5file):
             p.wait(10)
         if p.stdout is not None:
             p.stdout.close()
+
+
+def test_a_killed_consumer_of_a_native_queue_leaves_nothing_in_dev_shm(h5file):
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from ringcast.h5 import Streamer
+        s = Streamer(sys.argv[1])
+        q = s.get_queue("/contig", n_procs=2, block_size=10, cyclic=True, native=True)
+        with q.get() as b:
+            pass
+        print("reading", flush=True)
+        time.sleep(60)
+        """
+    )
+    before = _mine()
+    p = subprocess.Popen(
+        [sys.executable, "-c", script, h5file[0]], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "reading"
+        p.kill()  # mid-stream: its reading threads are filling slots
+        p.wait(10)
+        assert _mine() - before == set(), "the ring's name outlived a SIGKILL (no gc needed)"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import BroadcastQueue, QueueShutDown, RingcastError, Timeout, WorkerDied
-from ._ringcast import _native_start, _SlotRing
+from ._ringcast import _native_start, _SlotRing, unlink
 
 __all__ = ["Streamer", "QueueClosed", "ReadError", "DEFAULT_BLOCK_BYTES"]
 
@@ -406,6 +406,9 @@ class _Pool:
 
 
 _live_streamers: weakref.WeakSet[Streamer] = weakref.WeakSet()
+#: Ring names are never reused in a process: a native ring's name is unlinked early, and the
+#: last member of a ring unlinks its name when it leaves.
+_ring_ids = itertools.count()
 
 
 @atexit.register
@@ -529,7 +532,7 @@ class Queue:
         self.close()
         self._closed_seen = True  # get() answers QueueClosed without the ring from now on
         if reuse:
-            self._streamer._retire(self._ring)
+            self._streamer._retire(self._ring, self.native)
         else:
             self._ring.close()
 
@@ -548,7 +551,6 @@ class Streamer:
         self.kw_args = kw_args
         self._pool: Optional[_Pool] = None
         self._lock = threading.Lock()
-        self._ids = itertools.count()
         self._queues: weakref.WeakSet[Queue] = weakref.WeakSet()
         self._plans: dict[tuple[str, Optional[str]], Any] = {}
         #: Rings of finished queues, their memory faulted in, for the next queues.
@@ -576,7 +578,7 @@ class Streamer:
     #: Warm rings a Streamer keeps (two queues read in step need two).
     WARM_RINGS = 2
 
-    def _retire(self, ring: Any) -> None:
+    def _retire(self, ring: Any, native: bool) -> None:
         """Keep a finished queue's ring for reuse once its readers have left it."""
         if not ring.retire(1.0):
             ring.close()
@@ -585,17 +587,22 @@ class Streamer:
             if self._closed:
                 ring.close()
                 return
-            self._warm.append(ring)
+            self._warm.append((ring, native))
             drop = self._warm[: -self.WARM_RINGS]
             del self._warm[: -self.WARM_RINGS]
-        for r in drop:
+        for r, _ in drop:
             r.close()
 
-    def _warm_ring(self, n_slots: int, slot_bytes: int, tasks: Optional[int]) -> Any:
-        """A warm ring of this geometry made new for ``tasks`` tasks, or ``None``."""
+    def _warm_ring(self, n_slots: int, slot_bytes: int, tasks: Optional[int], native: bool) -> Any:
+        """A warm ring of this geometry and path made new for ``tasks`` tasks, or ``None``
+        (a native queue's ring has no name any more: worker processes cannot attach it)."""
         with self._lock:
-            for i, r in enumerate(self._warm):
-                if r.n_slots == n_slots and slot_bytes <= r.slot_bytes <= 2 * slot_bytes:
+            for i, (r, nat) in enumerate(self._warm):
+                if (
+                    nat == native
+                    and r.n_slots == n_slots
+                    and slot_bytes <= r.slot_bytes <= 2 * slot_bytes
+                ):
                     del self._warm[i]
                     break
             else:
@@ -677,10 +684,10 @@ class Streamer:
         # One spare slot: the `block` of the previous `with guard as block` is still alive
         # while the loop asks for the next one, and keeps its slot.
         n_slots, slot_bytes = read_ahead + 1, max(1, bs * lay.row_bytes)
-        ring = self._warm_ring(n_slots, slot_bytes, tasks)
+        ring = self._warm_ring(n_slots, slot_bytes, tasks, extents is not None)
         if ring is None:
             ring = _SlotRing(
-                f"rc_h5q_{os.getpid()}_{next(self._ids)}_{id(self):x}",
+                f"rc_h5q_{os.getpid()}_{next(_ring_ids)}",
                 create=True,
                 n_slots=n_slots,
                 slot_bytes=slot_bytes,
@@ -689,6 +696,10 @@ class Streamer:
             ring.join("consumer")
         if extents is not None:
             _native_start(ring, self.filename, lay.row_bytes, lay.n, bs, cyclic, extents, n_procs)
+            try:  # only this process's threads use it: its name can go now (even a SIGKILL
+                unlink(ring.name)  # then leaves nothing in /dev/shm)
+            except RingcastError:
+                pass  # a recycled ring's name is gone already
             q = Queue(self, lay, ring, ordered, cyclic)
             q.native = True
             self._queues.add(q)
@@ -759,7 +770,7 @@ class Streamer:
             self._closed = True
             warm, self._warm = self._warm, []
             pool, self._pool = self._pool, None
-        for r in warm:
+        for r, _ in warm:
             r.close()
         if pool is not None:
             pool.close()
