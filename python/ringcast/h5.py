@@ -523,7 +523,7 @@ class Queue:
 
     def _release(self, reuse: bool = False) -> None:
         """Stop and give the ring up; with ``reuse`` (only once no other thread can use this
-        queue) a native ring goes to the Streamer's warm rings for its next queue."""
+        queue) the ring goes to the Streamer's warm rings for its next queue."""
         if self._released:
             return
         self._released = True
