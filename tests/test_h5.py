@@ -376,20 +376,25 @@ def test_native_path_decodes_lz4_and_bitshuffle_like_h5py(tmp_path, filt, dtype)
         assert got.tobytes() == want.tobytes()
 
 
-@pytest.mark.parametrize("filt", ["lz4", "bitshuffle-lz4"])
-def test_a_damaged_lz4_chunk_is_a_read_error_naming_its_row(tmp_path, filt):
+def _with_a_damaged_chunk(tmp_path, chunk: int, keep: int, **filters) -> str:
+    """A file with dataset /z, (400, 10) float64 in chunks of 100 rows stored with
+    ``filters``, whose chunk number ``chunk`` is overwritten with 0xff after its first
+    ``keep`` bytes."""
     path = str(tmp_path / "bad.h5")
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset(
-            "z",
-            data=np.arange(4000, dtype="f8").reshape(400, 10),
-            chunks=(100, 10),
-            **PLUGIN_FILTERS[filt](),
-        )
-        info = ds.id.get_chunk_info(1)
-    with open(path, "r+b") as fh:  # keep the header, damage the blocks
-        fh.seek(info.byte_offset + 12)
-        fh.write(b"\xff" * (info.size - 12))
+        data = np.arange(4000, dtype="f8").reshape(400, 10)
+        ds = f.create_dataset("z", data=data, chunks=(100, 10), **filters)
+        info = ds.id.get_chunk_info(chunk)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + keep)
+        fh.write(b"\xff" * (info.size - keep))
+    return path
+
+
+@pytest.mark.parametrize("filt", ["lz4", "bitshuffle-lz4"])
+def test_a_damaged_lz4_chunk_is_a_read_error_naming_its_row(tmp_path, filt):
+    # chunk 1 (row 100): keep its 12-byte header, damage its blocks
+    path = _with_a_damaged_chunk(tmp_path, 1, 12, **PLUGIN_FILTERS[filt]())
     with Streamer(path) as s:
         q = s.get_queue("/z", n_procs=2, ordered=True, native=True)
         with q.get(timeout=30) as block:
@@ -420,18 +425,7 @@ def test_native_path_falls_back_or_says_why(streamer, h5file):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_read_errors_reach_the_consumer_in_every_mode(tmp_path, native):
-    path = str(tmp_path / "bad.h5")
-    with h5py.File(path, "w") as f:
-        ds = f.create_dataset(
-            "z",
-            data=np.arange(4000, dtype="f8").reshape(400, 10),
-            chunks=(100, 10),
-            compression="gzip",
-        )
-        info = ds.id.get_chunk_info(2)
-    with open(path, "r+b") as fh:  # damage the third chunk
-        fh.seek(info.byte_offset)
-        fh.write(b"\xff" * info.size)
+    path = _with_a_damaged_chunk(tmp_path, 2, 0, compression="gzip")  # the third chunk
     with Streamer(path) as s:
         for ordered in (True, False):
             q = s.get_queue("/z", n_procs=2, ordered=ordered, native=native)

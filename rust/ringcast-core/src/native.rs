@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -447,7 +446,6 @@ pub struct Filler {
     plan: Arc<Plan>,
     spare: std::sync::Mutex<Vec<Scratch>>,
     helped: std::sync::atomic::AtomicU64,
-    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Filler {
@@ -458,7 +456,6 @@ impl Filler {
             plan: Arc::new(plan),
             spare: std::sync::Mutex::new(Vec::new()),
             helped: std::sync::atomic::AtomicU64::new(0),
-            threads: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -471,31 +468,10 @@ impl Filler {
         Ok(f)
     }
 
-    /// Start `threads` more reading threads.
+    /// Start `threads` more reading threads. Each is a member of the ring until it is
+    /// done with it.
     pub fn spawn(&self, threads: usize) -> Result<()> {
-        let t = start(Arc::clone(&self.ring), Arc::clone(&self.plan), threads)?;
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(t);
-        Ok(())
-    }
-
-    /// Wait up to `timeout` for the reading threads to end (they end once the tasks run
-    /// out or the ring is stopped, after the block in hand). Returns whether they all did.
-    pub fn join(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            threads.retain(|t| !t.is_finished());
-            if threads.is_empty() {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        start(Arc::clone(&self.ring), Arc::clone(&self.plan), threads)
     }
 
     /// Blocks the consumers read themselves (through [`Filler::help`]).
@@ -529,12 +505,11 @@ impl Filler {
 
 /// Start `threads` reading threads that fill `ring` from `plan` until its tasks run out or
 /// it is stopped. A read that fails publishes an error record: `RCERR:` and the message.
-pub fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<Vec<JoinHandle<()>>> {
-    let mut out = Vec::with_capacity(threads);
+fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<()> {
     for _ in 0..threads {
         let id = ring.join(KIND_WORKER, b"native reader")?;
         let (ring, plan) = (Arc::clone(&ring), Arc::clone(&plan));
-        out.push(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let mut scratch = Scratch::default();
             let spec = || WaitSpec {
                 deadline: Deadline::after(Some(Duration::from_secs(3600))),
@@ -552,7 +527,7 @@ pub fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<Vec
                 }
             }
             ring.leave(id);
-        }));
+        });
     }
-    Ok(out)
+    Ok(())
 }

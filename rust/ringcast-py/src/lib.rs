@@ -2234,23 +2234,29 @@ impl PySlotRing {
         let me = self.member()?;
         self.ring.stop();
         let deadline = std::time::Instant::now() + d;
-        let mut slot = self.filler.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = slot.clone() {
-            if !py.detach(|| f.join(d)) {
-                return Ok(false);
-            }
-            *slot = None;
-        }
         let ring = Arc::clone(&self.ring);
-        Ok(py.detach(move || loop {
-            if ring.others(me) == 0 {
-                return true;
+        // Reading threads and worker processes are members until they are done with the
+        // ring, so "no other member" covers both.
+        let left = blocking(py, move |chk| {
+            let mut slice = std::time::Instant::now();
+            loop {
+                if ring.others(me) == 0 {
+                    return Ok(true);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                if slice.elapsed() >= ringcast_core::wait::SLICE {
+                    slice = std::time::Instant::now();
+                    chk()?;
+                }
+                std::thread::sleep(Duration::from_micros(200));
             }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }))
+        })?;
+        if left {
+            *self.filler.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        Ok(left)
     }
     /// Make a retired ring new for ``tasks`` more tasks (``None``: cyclic). ``HandleBusy``
     /// if a view of an earlier block is still alive or a worker is still attached.
