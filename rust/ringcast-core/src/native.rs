@@ -113,24 +113,35 @@ impl Plan {
     }
 
     /// Row ranges of `task` (two for a cyclic block that wraps).
-    fn ranges(&self, task: u64) -> Vec<(u64, u64)> {
+    fn ranges(&self, task: u64) -> Result<Vec<(u64, u64)>> {
+        // The task number comes from shared memory: a block past the end is an error, and the
+        // cyclic arithmetic cannot overflow.
+        let a = (u128::from(task) * u128::from(self.block_rows)) % u128::from(self.n_rows);
+        let a = a as u64;
         if !self.cyclic {
-            let a = task * self.block_rows;
-            return vec![(a, (a + self.block_rows).min(self.n_rows))];
+            if task
+                .checked_mul(self.block_rows)
+                .is_none_or(|r| r >= self.n_rows)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "task {task} starts past the {} rows",
+                    self.n_rows
+                )));
+            }
+            return Ok(vec![(a, (a + self.block_rows).min(self.n_rows))]);
         }
-        let a = (task * self.block_rows) % self.n_rows;
         let b = a + self.block_rows;
-        if b <= self.n_rows {
+        Ok(if b <= self.n_rows {
             vec![(a, b)]
         } else {
             vec![(a, self.n_rows), (0, b - self.n_rows)]
-        }
+        })
     }
 
     /// Fill `dst` with the rows of `task`; returns the bytes written.
     pub fn fill(&self, task: u64, dst: &mut [u8], scratch: &mut Scratch) -> Result<u64> {
         let mut at = 0usize;
-        for (a, b) in self.ranges(task) {
+        for (a, b) in self.ranges(task)? {
             let need = ((b - a) * self.row_bytes) as usize;
             if at + need > dst.len() {
                 return Err(Error::InvalidArgument(format!(

@@ -115,6 +115,22 @@ fn bad_plans_and_damaged_data_are_errors() {
     );
     assert!(Plan::new(&path, 8, 10, 0, false, ext.clone()).is_err());
     assert!(Plan::new("/nonexistent/file.h5", 8, 10, 4, false, ext.clone()).is_err());
+    // Task numbers come from shared memory: past the end is an error, never a panic, and a
+    // cyclic plan wraps any task number.
+    let plan = Plan::new(&path, 8, 10, 4, false, ext.clone()).unwrap();
+    let mut buf = vec![0u8; 32];
+    for task in [3, u64::MAX / 2, u64::MAX] {
+        let err = plan
+            .fill(task, &mut buf, &mut Scratch::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("past the 10 rows"), "{err}");
+    }
+    let plan = Plan::new(&path, 8, 10, 4, true, ext.clone()).unwrap();
+    assert_eq!(
+        plan.fill(u64::MAX, &mut buf, &mut Scratch::default())
+            .unwrap(),
+        32
+    );
     ext[1].size -= 3; // a truncated zlib stream
     let plan = Plan::new(&path, 8, 10, 4, false, ext.clone()).unwrap();
     let mut buf = vec![0u8; 32];
