@@ -2,6 +2,7 @@
 //! broadcast log. Pure Rust; the Python bindings live in `ringcast-py`.
 
 pub mod error;
+pub mod handle;
 pub mod native;
 pub mod proc;
 pub mod queue;
