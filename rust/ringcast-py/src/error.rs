@@ -4,10 +4,23 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use ringcast_core::Error;
 
-/// Errors of the bindings: a core error, or a Python error that interrupted a wait.
+/// Errors of the bindings: a core error, a receive that found no message, or a Python
+/// error (raised by a conversion, or by a signal handler that interrupted a wait).
 pub enum BindError {
+    /// A core error, mapped to its `ringcast.errors` class.
     Core(Error),
+    /// No message before the timeout: `ringcast.errors.Empty` with this text.
+    Empty(String),
+    /// A Python exception, raised as is.
     Py(PyErr),
+}
+
+/// `Empty` after a receive with `timeout` found no message.
+pub fn empty(timeout: Option<f64>) -> BindError {
+    BindError::Empty(match timeout {
+        Some(t) if t > 0.0 => format!("no message within {t} s"),
+        _ => "no message available".to_owned(),
+    })
 }
 
 impl From<Error> for BindError {
@@ -27,6 +40,13 @@ impl From<BindError> for PyErr {
         match e {
             BindError::Py(e) => e,
             BindError::Core(e) => Python::attach(|py| to_pyerr(py, e)),
+            BindError::Empty(msg) => Python::attach(|py| {
+                raise(
+                    py,
+                    "Empty",
+                    PyTuple::new(py, [msg]).expect("tuple of one str"),
+                )
+            }),
         }
     }
 }
