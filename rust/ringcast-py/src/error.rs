@@ -114,7 +114,7 @@ where
 
 /// Convert a core error to the matching `ringcast.errors` exception (`Interrupted`, a wait
 /// stopped with no Python exception pending, to `KeyboardInterrupt`).
-pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
+fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     match e {
         Error::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
         e => match classes(py) {
