@@ -2,7 +2,6 @@
 //! broadcast log. Pure Rust; the Python bindings live in `ringcast-py`.
 
 pub mod error;
-pub mod native;
 pub mod proc;
 pub mod queue;
 pub mod segment;

@@ -14,13 +14,13 @@ use pyo3::exceptions::{PyBufferError, PyTypeError, PyUnicodeDecodeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use ringcast_core::native;
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
 use ringcast_core::slots::{Claim, SlotOptions, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER};
 use ringcast_core::wait::deadline_from_secs;
 use ringcast_core::{
     proc, segment, Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec,
 };
+use ringcast_h5 as native;
 
 use error::{to_pyerr, BResult, BindError};
 
@@ -2430,12 +2430,11 @@ fn _native_start(
         });
     }
     let r = Arc::clone(&ring.get().ring);
-    let filler = py
-        .detach(move || {
-            let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
-            native::Filler::start(r, plan, threads)
-        })
-        .map_err(|e| to_pyerr(py, e))?;
+    let filler = py.detach(move || -> native::Result<_> {
+        let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
+        Ok(native::Filler::start(r, plan, threads)?)
+    });
+    let filler = filler.map_err(BindError::from)?;
     let mut slot = ring.get().filler.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_some() {
         drop(slot);
