@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import BroadcastQueue, QueueShutDown, RingcastError, Timeout, WorkerDied
-from ._ringcast import _native_start, _SlotRing, unlink
+from ._ringcast import _Codec, _native_start, _SlotRing, unlink
 
 __all__ = ["Streamer", "QueueClosed", "ReadError", "DEFAULT_BLOCK_BYTES"]
 
@@ -130,11 +130,9 @@ def _field_dtype(ds: Any, field: Optional[str]) -> np.dtype[Any]:
 #: Filter ids of the HDF5 plugins the native path decodes (hdf5plugin's LZ4 and bitshuffle).
 FILTER_LZ4 = 32004
 FILTER_BITSHUFFLE = 32008
-#: Codec numbers of ``_native_start``'s extents.
-_RAW, _DEFLATE, _LZ4, _BSLZ4 = 0, 1, 2, 3
 
 
-def _native_codec(dcpl: Any, itemsize: int) -> tuple[Optional[tuple[int, int]], str]:
+def _native_codec(dcpl: Any, itemsize: int) -> tuple[Optional[tuple[_Codec, int]], str]:
     """``(codec, elem)`` of a chunked dataset's filter pipeline, or ``(None, why not)``."""
     import h5py
 
@@ -144,16 +142,16 @@ def _native_codec(dcpl: Any, itemsize: int) -> tuple[Optional[tuple[int, int]], 
     if codes[:1] == [h5py.h5z.FILTER_SHUFFLE] and len(codes) == 2:
         shuffle, codes = itemsize, codes[1:]
     if codes == []:
-        return (_RAW, 0), ""
+        return (_Codec.RAW, 0), ""
     if codes == [h5py.h5z.FILTER_DEFLATE]:
-        return (_DEFLATE, shuffle), ""
+        return (_Codec.DEFLATE, shuffle), ""
     if codes == [FILTER_LZ4]:
-        return (_LZ4, shuffle), ""
+        return (_Codec.LZ4, shuffle), ""
     if codes == [FILTER_BITSHUFFLE] and not shuffle:
         cd = tuple(filters[0][2])
         # cd_values: major, minor, element size, block size, compression (2: LZ4)
         if len(cd) >= 5 and cd[4] == 2 and cd[2] in (0, itemsize):
-            return (_BSLZ4, itemsize), ""
+            return (_Codec.BITSHUFFLE_LZ4, itemsize), ""
         return None, f"its bitshuffle filter {cd} does not use LZ4 on elements of {itemsize} bytes"
     names = [
         f[3].decode("ascii", "replace") if isinstance(f[3], bytes) else str(f[3]) for f in filters
@@ -187,7 +185,7 @@ def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[
         off = ds.id.get_offset()
         if off is None:
             return None, "its storage is not allocated"
-        return [(0, n, n, off, n * row_bytes, _RAW, 0)], ""
+        return [(0, n, n, off, n * row_bytes, _Codec.RAW, 0)], ""
     if layout != h5py.h5d.CHUNKED:
         return None, "it is a compact dataset"
     c0 = ds.chunks[0]
@@ -211,8 +209,8 @@ def _native_extents(ds: Any, kw: dict[str, Any], field: Optional[str]) -> tuple[
             return None, "a chunk skipped a filter"
         row0 = ci.chunk_offset[0]
         rows = min(c0, n - row0)
-        if codec[0] == _RAW:
-            out.append((row0, rows, rows, ci.byte_offset, rows * row_bytes, _RAW, 0))
+        if codec[0] == _Codec.RAW:
+            out.append((row0, rows, rows, ci.byte_offset, rows * row_bytes, _Codec.RAW, 0))
         else:
             out.append((row0, rows, c0, ci.byte_offset, ci.size, *codec))
     return out, ""

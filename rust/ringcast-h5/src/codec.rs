@@ -7,35 +7,40 @@
 
 use crate::shuffle::bitunshuffle;
 
-/// How an extent is stored.
+/// How an extent is stored: the filter pipelines the native path decodes. Each extent gives
+/// an element size with it ([`Extent::elem`](crate::Extent::elem)). Python passes the same
+/// values as `ringcast._ringcast._Codec` (the bindings convert it, by name).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
     /// The rows' bytes as they are in memory.
-    Raw,
-    /// A zlib stream (HDF5's deflate filter), after a byte shuffle of elements of
-    /// `shuffle` bytes when it is not 0.
-    Deflate { shuffle: usize },
-    /// The HDF5 LZ4 filter (id 32004), after a byte shuffle when `shuffle` is not 0.
-    Lz4 { shuffle: usize },
+    Raw = 0,
+    /// A zlib stream (HDF5's deflate filter), after a byte shuffle of elements of `elem`
+    /// bytes when `elem` is over 1.
+    Deflate = 1,
+    /// The HDF5 LZ4 filter (id 32004), after a byte shuffle when `elem` is over 1.
+    Lz4 = 2,
     /// The bitshuffle filter (id 32008) with LZ4 compression, on elements of `elem` bytes.
-    BitshuffleLz4 { elem: usize },
+    BitshuffleLz4 = 3,
 }
 
 impl Codec {
-    /// The byte shuffle to undo after decoding (0: none).
-    pub(crate) fn shuffle(self) -> usize {
+    /// The element size of the byte shuffle to undo after decoding a chunk stored with this
+    /// codec and element size `elem` (0 or 1: none).
+    pub(crate) fn shuffle(self, elem: usize) -> usize {
         match self {
-            Codec::Deflate { shuffle } | Codec::Lz4 { shuffle } => shuffle,
-            Codec::Raw | Codec::BitshuffleLz4 { .. } => 0,
+            Codec::Deflate | Codec::Lz4 => elem,
+            Codec::Raw | Codec::BitshuffleLz4 => 0,
         }
     }
 }
 
-/// Decode a whole chunk stored with `codec` (not `Raw`) into `dst`, which must come out
-/// exactly full. The byte shuffle, if any, is left to the caller. Errors say what is wrong
-/// with the chunk.
+/// Decode a whole chunk stored with `codec` and element size `elem` into `dst`, which must
+/// come out exactly full. The byte shuffle, if any, is left to the caller. Errors say what
+/// is wrong with the chunk.
 pub(crate) fn decode(
     codec: Codec,
+    elem: usize,
     src: &[u8],
     dst: &mut [u8],
     block: &mut Vec<u8>,
@@ -48,9 +53,9 @@ pub(crate) fn decode(
             dst.copy_from_slice(src);
             Ok(())
         }
-        Codec::Deflate { .. } => inflate(src, dst),
-        Codec::Lz4 { .. } => lz4_chunk(src, dst),
-        Codec::BitshuffleLz4 { elem } => bitshuffle_lz4_chunk(src, dst, elem, block),
+        Codec::Deflate => inflate(src, dst),
+        Codec::Lz4 => lz4_chunk(src, dst),
+        Codec::BitshuffleLz4 => bitshuffle_lz4_chunk(src, dst, elem, block),
     }
 }
 

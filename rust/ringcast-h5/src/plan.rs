@@ -22,7 +22,11 @@ pub struct Extent {
     /// File offset and stored size in bytes.
     pub offset: u64,
     pub size: u64,
+    /// How the rows are stored.
     pub codec: Codec,
+    /// The element size in bytes: of the byte shuffle to undo after `Deflate` or `Lz4` (0 or
+    /// 1: none), of the elements of `BitshuffleLz4`; unused for `Raw`.
+    pub elem: usize,
 }
 
 /// Where the rows of one dataset are.
@@ -140,7 +144,7 @@ impl Plan {
                 Codec::Raw => self.pread(out, e.offset + lo * rb)?,
                 codec => {
                     let full = (e.stored_rows * rb) as usize;
-                    let shuffle = codec.shuffle();
+                    let shuffle = codec.shuffle(e.elem);
                     let whole = lo == 0 && hi == e.stored_rows && shuffle <= 1;
                     scratch.packed.resize(e.size as usize, 0);
                     let mut packed = std::mem::take(&mut scratch.packed);
@@ -152,11 +156,13 @@ impl Plan {
                             )
                         };
                         if whole {
-                            return decode(codec, &packed, out, &mut scratch.block).map_err(at);
+                            return decode(codec, e.elem, &packed, out, &mut scratch.block)
+                                .map_err(at);
                         }
                         let mut plain = std::mem::take(&mut scratch.plain);
                         plain.resize(full, 0);
-                        let r = decode(codec, &packed, &mut plain, &mut scratch.block).map_err(at);
+                        let r = decode(codec, e.elem, &packed, &mut plain, &mut scratch.block)
+                            .map_err(at);
                         let src = if shuffle > 1 {
                             scratch.unshuffled.resize(full, 0);
                             unshuffle(&plain, &mut scratch.unshuffled, shuffle);

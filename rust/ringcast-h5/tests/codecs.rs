@@ -72,17 +72,14 @@ fn lz4_and_bitshuffle_chunks_decode_to_their_rows() {
         let data: Vec<u8> = (0..37 * row_bytes)
             .map(|i| if i % 5 == 0 { 0 } else { (i * 131 % 251) as u8 })
             .collect();
-        for (name, stored, codec) in [
+        for (name, stored, codec, codec_elem) in [
             (
                 "bitshuffle",
                 bitshuffle_lz4(&data, elem, 16),
-                Codec::BitshuffleLz4 { elem },
+                Codec::BitshuffleLz4,
+                elem,
             ),
-            (
-                "lz4",
-                lz4_filter(&data, 40, &[1, 3]),
-                Codec::Lz4 { shuffle: 0 },
-            ),
+            ("lz4", lz4_filter(&data, 40, &[1, 3]), Codec::Lz4, 0),
         ] {
             let path = dir.join(format!("{name}-{elem}.bin"));
             std::fs::write(&path, &stored).unwrap();
@@ -93,6 +90,7 @@ fn lz4_and_bitshuffle_chunks_decode_to_their_rows() {
                 offset: 0,
                 size: stored.len() as u64,
                 codec,
+                elem: codec_elem,
             }];
             for bs in [1u64, 5, 37] {
                 let plan = Plan::new(

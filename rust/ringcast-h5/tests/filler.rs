@@ -66,6 +66,7 @@ fn a_consumer_with_nothing_ready_reads_blocks_itself() {
         offset: 5,
         size: n * 8,
         codec: Codec::Raw,
+        elem: 0,
     }];
     let block = |task: u64| {
         let a = (task * bs * 8) as usize;

@@ -38,6 +38,7 @@ fn file_and_extents(dir: &std::path::Path) -> (String, Vec<u8>, Vec<Extent>) {
         offset: file.len() as u64,
         size: 32,
         codec: Codec::Raw,
+        elem: 0,
     });
     file.extend_from_slice(&rows[..32]);
     let z = zlib(&rows[32..64]);
@@ -47,7 +48,8 @@ fn file_and_extents(dir: &std::path::Path) -> (String, Vec<u8>, Vec<Extent>) {
         stored_rows: 4,
         offset: file.len() as u64,
         size: z.len() as u64,
-        codec: Codec::Deflate { shuffle: 0 },
+        codec: Codec::Deflate,
+        elem: 0,
     });
     file.extend_from_slice(&z);
     let mut last = rows[64..80].to_vec();
@@ -59,7 +61,8 @@ fn file_and_extents(dir: &std::path::Path) -> (String, Vec<u8>, Vec<Extent>) {
         stored_rows: 4,
         offset: file.len() as u64,
         size: z.len() as u64,
-        codec: Codec::Deflate { shuffle: 4 },
+        codec: Codec::Deflate,
+        elem: 4,
     });
     file.extend_from_slice(&z);
     let path = dir.join("native.bin");

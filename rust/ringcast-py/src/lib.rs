@@ -2388,10 +2388,43 @@ impl SlotBlock {
     }
 }
 
+/// How an extent of the native read path is stored (``ringcast_h5::Codec``, whose values it
+/// takes): raw bytes, deflate, the HDF5 LZ4 filter, or bitshuffle with LZ4.
+#[pyclass(
+    module = "ringcast",
+    name = "_Codec",
+    eq,
+    eq_int,
+    frozen,
+    from_py_object
+)]
+#[derive(Clone, Copy, PartialEq)]
+enum PyCodec {
+    #[pyo3(name = "RAW")]
+    Raw = native::Codec::Raw as isize,
+    #[pyo3(name = "DEFLATE")]
+    Deflate = native::Codec::Deflate as isize,
+    #[pyo3(name = "LZ4")]
+    Lz4 = native::Codec::Lz4 as isize,
+    #[pyo3(name = "BITSHUFFLE_LZ4")]
+    BitshuffleLz4 = native::Codec::BitshuffleLz4 as isize,
+}
+
+impl From<PyCodec> for native::Codec {
+    fn from(c: PyCodec) -> Self {
+        match c {
+            PyCodec::Raw => native::Codec::Raw,
+            PyCodec::Deflate => native::Codec::Deflate,
+            PyCodec::Lz4 => native::Codec::Lz4,
+            PyCodec::BitshuffleLz4 => native::Codec::BitshuffleLz4,
+        }
+    }
+}
+
 /// Start ``threads`` native reading threads filling ``ring`` from ``path``: ``extents`` is a
-/// list of ``(row0, rows, stored_rows, offset, size, codec, elem)``; ``codec`` is 0 for raw
-/// bytes, 1 deflate, 2 the LZ4 filter, 3 bitshuffle with LZ4; ``elem`` is the element size
-/// of a byte shuffle to undo after deflate or LZ4 (0: none), or bitshuffle's element size.
+/// list of ``(row0, rows, stored_rows, offset, size, codec, elem)``; ``codec`` is a
+/// ``_Codec``; ``elem`` is the element size of a byte shuffle to undo after deflate or LZ4
+/// (0: none), or bitshuffle's element size.
 #[pyfunction]
 #[pyo3(signature = (ring, path, row_bytes, n_rows, block_rows, cyclic, extents, threads))]
 #[allow(clippy::too_many_arguments)] // one per Python argument
@@ -2403,32 +2436,23 @@ fn _native_start(
     n_rows: u64,
     block_rows: u64,
     cyclic: bool,
-    extents: Vec<(u64, u64, u64, u64, u64, u8, usize)>,
+    extents: Vec<(u64, u64, u64, u64, u64, PyCodec, usize)>,
     threads: usize,
 ) -> PyResult<()> {
-    let mut ext = Vec::with_capacity(extents.len());
-    for (row0, rows, stored_rows, offset, size, codec, elem) in extents {
-        let codec = match codec {
-            0 => native::Codec::Raw,
-            1 => native::Codec::Deflate { shuffle: elem },
-            2 => native::Codec::Lz4 { shuffle: elem },
-            3 => native::Codec::BitshuffleLz4 { elem },
-            c => {
-                return Err(to_pyerr(
-                    py,
-                    Error::InvalidArgument(format!("native read plan: unknown codec {c}")),
-                ))
-            }
-        };
-        ext.push(native::Extent {
-            row0,
-            rows,
-            stored_rows,
-            offset,
-            size,
-            codec,
-        });
-    }
+    let ext = extents
+        .into_iter()
+        .map(
+            |(row0, rows, stored_rows, offset, size, codec, elem)| native::Extent {
+                row0,
+                rows,
+                stored_rows,
+                offset,
+                size,
+                codec: codec.into(),
+                elem,
+            },
+        )
+        .collect();
     let r = Arc::clone(&ring.get().ring);
     let filler = py.detach(move || -> native::Result<_> {
         let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
@@ -2548,6 +2572,7 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(record_size, m)?)?;
     m.add_function(wrap_pyfunction!(_close_all, m)?)?;
     m.add_function(wrap_pyfunction!(_native_start, m)?)?;
+    m.add_class::<PyCodec>()?;
     m.add("RECORD_HEADER_BYTES", ringcast_core::queue::RECORD_HEADER)?;
     Ok(())
 }
