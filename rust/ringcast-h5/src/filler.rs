@@ -29,7 +29,9 @@ fn fill_slot(
 ) -> Result<()> {
     let n = ring.slot_bytes() as usize;
     let p = ring.slot_ptr(slot)?;
-    // SAFETY: the claimed slot is this thread's until it publishes it.
+    // SAFETY: `slot_ptr` checked `slot` and points at its `slot_bytes` bytes in the mapping,
+    // which `ring` keeps alive for this borrow; the claimed slot is this thread's alone until
+    // it publishes it, so no other reference to these bytes exists meanwhile.
     let dst = unsafe { std::slice::from_raw_parts_mut(p, n) };
     match plan.fill(task, dst, scratch) {
         Ok(len) => ring.publish(slot, len, false),

@@ -19,8 +19,9 @@ pub struct Extent {
     pub rows: u64,
     /// Rows stored (the chunk length; `rows` for raw data).
     pub stored_rows: u64,
-    /// File offset and stored size in bytes.
+    /// File offset in bytes.
     pub offset: u64,
+    /// Stored size in bytes.
     pub size: u64,
     /// How the rows are stored.
     pub codec: Codec,
