@@ -31,40 +31,24 @@ fn file_and_extents(dir: &std::path::Path) -> (String, Vec<u8>, Vec<Extent>) {
     let rows: Vec<u8> = (0..80u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut file = vec![0u8; 13]; // a header to skip
     let mut ext = vec![];
-    ext.push(Extent {
-        row0: 0,
-        rows: 4,
-        stored_rows: 4,
-        offset: file.len() as u64,
-        size: 32,
-        codec: Codec::Raw,
-        elem: 0,
-    });
-    file.extend_from_slice(&rows[..32]);
-    let z = zlib(&rows[32..64]);
-    ext.push(Extent {
-        row0: 4,
-        rows: 4,
-        stored_rows: 4,
-        offset: file.len() as u64,
-        size: z.len() as u64,
-        codec: Codec::Deflate,
-        elem: 0,
-    });
-    file.extend_from_slice(&z);
+    // Store `bytes` at the end of the file as the extent of `rows` rows from `row0`.
+    let mut add = |row0, rows, stored_rows, bytes: &[u8], codec, elem| {
+        ext.push(Extent {
+            row0,
+            rows,
+            stored_rows,
+            offset: file.len() as u64,
+            size: bytes.len() as u64,
+            codec,
+            elem,
+        });
+        file.extend_from_slice(bytes);
+    };
+    add(0, 4, 4, &rows[..32], Codec::Raw, 0);
+    add(4, 4, 4, &zlib(&rows[32..64]), Codec::Deflate, 0);
     let mut last = rows[64..80].to_vec();
     last.extend_from_slice(&[0u8; 16]); // the chunk stores 4 rows, 2 exist
-    let z = zlib(&shuffle(&last, 4));
-    ext.push(Extent {
-        row0: 8,
-        rows: 2,
-        stored_rows: 4,
-        offset: file.len() as u64,
-        size: z.len() as u64,
-        codec: Codec::Deflate,
-        elem: 4,
-    });
-    file.extend_from_slice(&z);
+    add(8, 2, 4, &zlib(&shuffle(&last, 4)), Codec::Deflate, 4);
     let path = dir.join("native.bin");
     std::fs::write(&path, &file).unwrap();
     (path.to_str().unwrap().to_owned(), rows, ext)
