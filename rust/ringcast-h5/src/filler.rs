@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::plan::{Plan, Scratch};
 
 /// Fill claimed slot `slot` with the rows of `task` and publish it; a read that fails
-/// publishes an error record instead: `RCERR:` and the message.
+/// publishes an error record instead (see [`error_record`]).
 fn fill_slot(
     ring: &SlotRing,
     plan: &Plan,
@@ -42,12 +42,25 @@ fn fill_slot(
     }
 }
 
-/// Write the error record of a read that failed with `e` into the slot `dst`: `RCERR:` and
-/// the message, cut to the slot's size. Returns its length.
+/// The Python type of a read error: what the consumer raises (`ringcast.h5.ReadError`).
+const READ_ERROR_TYPE: &str = "ringcast.h5.ReadError";
+
+/// Write the error record of a read that failed with `e` into the slot `dst`, cut to the
+/// slot's size; returns its length. The record is the one `ringcast._remote` reads: `RCX1`,
+/// then four fields, each a `u32` little-endian length and its bytes: the exception type's
+/// qualified name, the message, the traceback (empty here) and the pickled exception (empty:
+/// Rust writes none).
 fn error_record(e: &Error, dst: &mut [u8]) -> usize {
-    let msg = format!("RCERR:{e}");
-    let len = msg.len().min(dst.len());
-    dst[..len].copy_from_slice(&msg.as_bytes()[..len]);
+    let message = e.to_string();
+    let mut record = Vec::with_capacity(4 + 16 + READ_ERROR_TYPE.len() + message.len());
+    record.extend_from_slice(b"RCX1");
+    for field in [READ_ERROR_TYPE.as_bytes(), message.as_bytes(), b"", b""] {
+        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&field[..len as usize]);
+    }
+    let len = record.len().min(dst.len());
+    dst[..len].copy_from_slice(&record[..len]);
     len
 }
 
@@ -115,7 +128,7 @@ impl Filler {
 }
 
 /// Start `threads` reading threads that fill `ring` from `plan` until its tasks run out or
-/// it is stopped. A read that fails publishes an error record: `RCERR:` and the message.
+/// it is stopped. A read that fails publishes an error record (see [`error_record`]).
 fn start(ring: Arc<SlotRing>, plan: Arc<Plan>, threads: usize) -> Result<()> {
     for _ in 0..threads {
         let id = ring.join(KIND_WORKER, b"native reader")?;
