@@ -34,12 +34,12 @@ import signal
 import struct
 import threading
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from .. import _ringcast
-from ..errors import Empty, Full, InvalidArgument, MessageTooLarge, QueueShutDown, RingcastError
+from .. import _remote, _ringcast
+from .._remote import RemoteError, RemoteTraceback
+from ..errors import Empty, Full, InvalidArgument, MessageTooLarge, QueueShutDown
 from ..errors import WorkerDied as _AnyWorkerDied
 from ._channel import END
 from .threaded import (
@@ -113,28 +113,6 @@ class WorkerDied(_AnyWorkerDied):
 
     def __reduce__(self) -> Any:
         return (type(self), (str(self), self.step, self.index, self.pid, self.exitcode))
-
-
-class RemoteTraceback(Exception):
-    """The formatted traceback of an exception raised in a worker process.
-
-    Attached as ``__cause__`` of the exception re-raised in the parent (as
-    ``concurrent.futures`` does), so the worker's traceback is printed with it.
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
-
-
-class RemoteError(RingcastError):
-    """Stands for a worker's exception that could not be pickled or unpickled.
-
-    Its message is ``"<module>.<type>: <message>"``; the traceback is in ``__cause__``.
-    """
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,32 +362,6 @@ def _send(q: Any, total: int, parts: list, keep_going: Callable[[], bool]) -> bo
         return True
 
 
-def _pack_exc(exc: BaseException) -> tuple:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        blob: Optional[bytes] = pickle.dumps(exc, protocol=5)
-    except Exception:  # noqa: BLE001 - sent as text instead
-        blob = None
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return blob, name, str(exc), tb
-
-
-def _unpack_exc(data: tuple, origin: str) -> BaseException:
-    blob, name, msg, tb = data
-    exc: Any = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - e.g. an exception class whose __init__ differs
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(f"{name}: {msg}")
-    exc.__cause__ = RemoteTraceback(tb)
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"(raised in {origin})")
-    return exc
-
-
 def _signal_name(code: int) -> str:
     try:
         return signal.Signals(-code).name
@@ -467,7 +419,7 @@ class _WorkerLink:
                     exc = type(exc)(msg)
                 except Exception:  # noqa: BLE001 - a type that takes other arguments
                     exc = RemoteError(f"{type(exc).__name__}: {msg}")
-            self.send(err_kind, seq, _pack_exc(exc), busy)
+            self.send(err_kind, seq, _remote.pack(exc), busy)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -498,12 +450,12 @@ def _worker_main(
             inst._rc_worker = link
             inst.initialize(**step_options)
         except Exception as exc:  # noqa: BLE001 - reported to the parent
-            link.send(_INIT_FAIL, 0, ("initialize", _pack_exc(exc)))
+            link.send(_INIT_FAIL, 0, ("initialize", _remote.pack(exc)))
             return
         try:
             inst.thread_initialize()
         except Exception as exc:  # noqa: BLE001
-            link.send(_INIT_FAIL, 0, ("thread_initialize", _pack_exc(exc)))
+            link.send(_INIT_FAIL, 0, ("thread_initialize", _remote.pack(exc)))
             return
         reader = work_q.reader(group=GROUP, name=f"worker-{index}")
         link.send(_READY, os.getpid(), None)
@@ -513,7 +465,7 @@ def _worker_main(
         try:
             inst.thread_shutdown()
         except Exception as exc:  # noqa: BLE001
-            err = _pack_exc(exc)
+            err = _remote.pack(exc)
         link.send(_BYE, 0, err)
     finally:
         if reader is not None:
@@ -549,7 +501,7 @@ def _work_loop(inst: Any, reader: Any, link: _WorkerLink, cancel: Any) -> None:
                     link.send(_SKIP, seq, None, perf() - t0)
                     continue
                 except Exception as exc:  # noqa: BLE001 - sent back, retried by the parent
-                    link.send(_ERR, seq, _pack_exc(exc), perf() - t0)
+                    link.send(_ERR, seq, _remote.pack(exc), perf() - t0)
                     continue
                 link.reply(_OK, seq, result, perf() - t0)
             else:
@@ -559,12 +511,12 @@ def _work_loop(inst: Any, reader: Any, link: _WorkerLink, cancel: Any) -> None:
                     link.send(_SKIP, seq, None, perf() - t0)
                     continue
                 except Exception as exc:  # noqa: BLE001
-                    link.send(_ERR_META, seq, _pack_exc(exc), perf() - t0)
+                    link.send(_ERR_META, seq, _remote.pack(exc), perf() - t0)
                     continue
                 link.reply(_OK_META, seq, result, perf() - t0)
         except Exception as exc:  # noqa: BLE001 - e.g. the item did not unpickle here
             kind, seq = _header(lease)[0], _header(lease)[4]
-            link.send(_ERR_META if kind == _META else _ERR, seq, _pack_exc(exc))
+            link.send(_ERR_META if kind == _META else _ERR, seq, _remote.pack(exc))
         finally:
             lease.release()  # ends the claim: the item is done
 
@@ -882,13 +834,13 @@ class _ProcStepRuntime:
             return
         if kind == _INIT_FAIL:
             where, data = obj
-            self.fail(_unpack_exc(data, self._origin(widx)), where)
+            self.fail(_remote.unpack(data, self._origin(widx)), where)
             self.procs[widx].died = True  # it takes no item
             self._worker_done(widx)
             return
         if kind == _BYE:
             if obj is not None:
-                self.fail(_unpack_exc(obj, self._origin(widx)), "thread_shutdown")
+                self.fail(_remote.unpack(obj, self._origin(widx)), "thread_shutdown")
             self._worker_done(widx)
             return
         if kind == _REQUEUE:
@@ -920,9 +872,9 @@ class _ProcStepRuntime:
                 if not is_meta:
                     st.skipped += 1
             elif kind == _ERR_META:
-                self.fail(_unpack_exc(obj, self._origin(widx)), "process_meta", payload, 1)
+                self.fail(_remote.unpack(obj, self._origin(widx)), "process_meta", payload, 1)
             elif kind == _ERR:
-                exc = _unpack_exc(obj, self._origin(widx))
+                exc = _remote.unpack(obj, self._origin(widx))
                 if attempts < self.max_retries and not self.inbox.aborted:
                     st.retried += 1
                     logger.warning(
