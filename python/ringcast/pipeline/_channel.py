@@ -27,7 +27,7 @@ from typing import Any, Optional
 __all__ = ["Channel", "END", "TIMEOUT"]
 
 
-class _Marker:
+class Marker:
     __slots__ = ("_name",)
 
     def __init__(self, name: str) -> None:
@@ -37,10 +37,10 @@ class _Marker:
         return self._name
 
 
-END = _Marker("END")
+END = Marker("END")
 """Returned by :meth:`Channel.get` when no item will ever come."""
 
-TIMEOUT = _Marker("TIMEOUT")
+TIMEOUT = Marker("TIMEOUT")
 """Returned by :meth:`Channel.get` when its timeout passed without an item."""
 
 
