@@ -33,10 +33,14 @@ __all__ = [
     "record_size",
     "_close_all",
     "RECORD_HEADER_BYTES",
+    "__version__",
 ]
 
 _Name = Union[str, bytes]
 _Names = Union[str, bytes, Iterable[Union[str, bytes]]]
+
+#: The package's version: the Cargo package version the module was built from.
+__version__: str
 
 #: Bytes of the fixed header of every record (``u32 body_len, u16 sender_len,
 #: u16 type_len, u64 seq``).

@@ -2574,5 +2574,6 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_native_start, m)?)?;
     m.add_class::<PyCodec>()?;
     m.add("RECORD_HEADER_BYTES", ringcast_core::queue::RECORD_HEADER)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
