@@ -201,32 +201,6 @@ class Channel:
                 if not self._park(self._getters, timeout):
                     return TIMEOUT
 
-    def get_batch(self, done: bool, limit: int) -> Any:
-        """Like :meth:`get` but take up to ``limit`` queued items at once, as a list.
-
-        The caller holds one busy mark for the whole batch.
-        """
-        with self._lock:
-            if done:
-                self._busy -= 1
-            items = self._items
-            while True:
-                if items:
-                    n = len(items)
-                    if n <= limit:
-                        batch = list(items)
-                        items.clear()
-                    else:
-                        popleft = items.popleft
-                        batch = [popleft() for _ in range(limit)]
-                    self._busy += 1
-                    self._wake_all(self._putters)
-                    return batch
-                if self._aborted or (self._ended and self._busy == 0):
-                    self._wake_all(self._getters)
-                    return END
-                self._park(self._getters, None)
-
     def leave(self, done: bool) -> None:
         """A consumer worker stops taking items; ``done`` as for :meth:`get`."""
         with self._lock:
