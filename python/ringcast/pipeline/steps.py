@@ -21,21 +21,6 @@ from typing import Any, Callable, NamedTuple, Optional
 from ..errors import InvalidArgument, PipelineStateError, RingcastError
 from ._channel import END, Marker
 
-__all__ = [
-    "AbstractStep",
-    "AbstractIterStep",
-    "TimedChunk",
-    "SkipEntry",
-    "StepFailure",
-    "StepStats",
-    "PipelineStats",
-    "SiblingInfo",
-    "NopTracker",
-    "funcstep",
-    "iterstep",
-    "is_step",
-]
-
 logger = logging.getLogger("ringcast.pipeline")
 
 _perf = time.perf_counter
