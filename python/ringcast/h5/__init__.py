@@ -34,3 +34,9 @@ from .streamer import Queue as Queue
 from .streamer import QueueClosed, Streamer
 
 __all__ = ["Streamer", "QueueClosed", "ReadError", "DEFAULT_BLOCK_BYTES"]
+
+# The public classes keep the module name they had when ringcast.h5 was one file (reprs,
+# tracebacks and pickles name ``ringcast.h5.Streamer`` whichever module defines it).
+for _cls in (Streamer, type(QueueClosed), ReadError, Guard, Queue):
+    _cls.__module__ = __name__
+del _cls
