@@ -29,6 +29,7 @@ from ringcast.pipeline import (
     funcstep,
     iterstep,
     procstep,
+    wire,
 )
 from ringcast.pipeline import process as pproc
 
@@ -397,7 +398,7 @@ def test_arrays_arrive_writable_in_the_worker():
 def test_array_data_is_not_pickled():
     """The message carries the array's bytes out of band: the pickle itself stays tiny."""
     a = np.arange(8 << 20, dtype=np.float64)
-    total, parts = pproc._encode(pproc._ITEM, 7, 0, 0.0, {"frame": a, "n": 1})
+    total, parts = wire.encode(wire.ITEM, 7, 0, 0.0, {"frame": a, "n": 1})
     inband = parts[1][1]
     assert len(inband) < 1024
     assert total >= a.nbytes
@@ -405,8 +406,8 @@ def test_array_data_is_not_pickled():
     body = bytearray(total)
     for off, part in parts:
         body[off : off + len(memoryview(part).cast("B"))] = part
-    kind, seq, _, _, obj = pproc._decode(body)
-    assert (kind, seq, obj["n"]) == (pproc._ITEM, 7, 1)
+    kind, seq, _, _, obj = wire.decode(body)
+    assert (kind, seq, obj["n"]) == (wire.ITEM, 7, 1)
     assert np.array_equal(obj["frame"], a) and obj["frame"].flags.writeable
 
 

@@ -23,11 +23,10 @@ from ._ringcast import (
     segments,
     unlink,
 )
+from ._ringcast import __version__ as __version__  # the Cargo package's version
 from ._ringcast import _close_all as _close_all
 from .errors import *  # noqa: F403  (every exception, listed in errors.__all__)
 from .pysyncq import PySyncQ
-
-__version__ = "0.1.0"
 
 
 def array_meta(msg: object) -> object:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # Longest single wait in a helper thread; bounds how long a cancelled wait keeps its thread.
 _SLICE = 0.25
+#: Helper threads at most (waits beyond this many at once queue for a thread).
+_MAX_THREADS = 64
 
 _lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -34,7 +36,7 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
     with _lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=64, thread_name_prefix="ringcast-aio"
+                max_workers=_MAX_THREADS, thread_name_prefix="ringcast-aio"
             )
             _pool_pid = os.getpid()
         return _pool

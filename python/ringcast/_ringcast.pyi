@@ -8,7 +8,7 @@ for type checkers: they cannot be imported at run time.
 import builtins
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Final, Literal, NoReturn, Optional, TypedDict, Union, final
+from typing import Any, ClassVar, Final, Literal, NoReturn, Optional, TypedDict, Union, final
 
 import numpy as np
 from typing_extensions import Buffer, Self
@@ -21,6 +21,7 @@ __all__ = [
     "Reservation",
     "_SlotRing",
     "_SlotBlock",
+    "_Codec",
     "_native_start",
     "_attach_queue",
     "_message",
@@ -32,10 +33,14 @@ __all__ = [
     "record_size",
     "_close_all",
     "RECORD_HEADER_BYTES",
+    "__version__",
 ]
 
 _Name = Union[str, bytes]
 _Names = Union[str, bytes, Iterable[Union[str, bytes]]]
+
+#: The package's version: the Cargo package version the module was built from.
+__version__: str
 
 #: Bytes of the fixed header of every record (``u32 body_len, u16 sender_len,
 #: u16 type_len, u64 seq``).
@@ -487,6 +492,18 @@ class _SlotBlock:
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
+@final
+class _Codec:
+    """How an extent of the native read path is stored (internal to ``ringcast.h5``; the
+    values of ``ringcast_h5::Codec``)."""
+
+    RAW: ClassVar[_Codec]
+    DEFLATE: ClassVar[_Codec]
+    LZ4: ClassVar[_Codec]
+    BITSHUFFLE_LZ4: ClassVar[_Codec]
+    def __int__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
 def _native_start(
     ring: _SlotRing,
     path: str,
@@ -494,7 +511,7 @@ def _native_start(
     n_rows: int,
     block_rows: int,
     cyclic: bool,
-    extents: list[tuple[int, int, int, int, int, int, int]],
+    extents: list[tuple[int, int, int, int, int, _Codec, int]],
     threads: int,
 ) -> None:
     """Start native reading threads filling ``ring`` (internal to ``ringcast.h5``); a

@@ -14,6 +14,17 @@ from typing import Any, Optional
 
 from . import BroadcastQueue, QueueShutDown, RingcastError, gc, segments
 
+#: How long the demos wait for their processes to start, and a demo consumer for a frame.
+DEMO_START_TIMEOUT = 60.0
+#: How long the beamline demo's follower waits for the detector's next frame.
+DEMO_FRAME_TIMEOUT = 10.0
+#: How long the demos wait for each process's results once the queue is shut down.
+DEMO_RESULT_TIMEOUT = 120.0
+#: How long the demos wait for each process to exit.
+DEMO_JOIN_TIMEOUT = 30.0
+#: The beamline demo's live view takes this long to show a frame (so it lags and skips).
+DEMO_DISPLAY_SECONDS = 0.02
+
 
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -242,15 +253,15 @@ def _beamline_consumer(
     try:
         while True:
             if role == "live-view":
-                msg = r.recv(timeout=60)  # a copy: lossy readers cannot lease
+                msg = r.recv(timeout=DEMO_START_TIMEOUT)  # a copy: lossy readers cannot lease
                 info, frame = frame_info(msg), msg.array()
                 ok &= bool(
                     np.array_equal(frame.reshape(shape), expected_frame(info["index"], shape))
                 )
                 indices.append(info["index"])
-                time.sleep(0.02)  # a slow display
+                time.sleep(DEMO_DISPLAY_SECONDS)  # a slow display
             else:
-                with r.lease(timeout=60) as m:  # zero-copy
+                with r.lease(timeout=DEMO_START_TIMEOUT) as m:  # zero-copy
                     info, frame = frame_info(m), m.array()
                     want = expected_frame(info["index"], shape)
                     ok &= bool(np.array_equal(frame.reshape(shape), want))
@@ -289,23 +300,23 @@ def demo_beamline(args: argparse.Namespace) -> int:
             for p in procs:
                 p.start()
             for _ in procs:
-                ready.get(timeout=60)
+                ready.get(timeout=DEMO_START_TIMEOUT)
             det.start()
-            if not ready_file.wait(60):
+            if not ready_file.wait(DEMO_START_TIMEOUT):
                 print("FAILED: the simulated detector did not start", file=sys.stderr)
                 return 1
             with h5py.File(path, "r", libver="latest", swmr=True) as f:
                 src = DataSource(
                     [f["entry/key"]],
                     {"data": f["entry/data"]},
-                    timeout=10,
+                    timeout=DEMO_FRAME_TIMEOUT,
                     finished_dataset=f["entry/finished"],
                 )
                 st = fan_out(src, q)
             q.shutdown()
-            got = [results.get(timeout=120) for _ in procs]
+            got = [results.get(timeout=DEMO_RESULT_TIMEOUT) for _ in procs]
             for p in [*procs, det]:
-                p.join(timeout=30)
+                p.join(timeout=DEMO_JOIN_TIMEOUT)
     print(
         f"ringcast demo (beamline): a simulated detector wrote {n} frames of {shape[0]}x"
         f"{shape[1]} uint16 at {rate:g} Hz to an HDF5 file in SWMR mode;"
@@ -356,7 +367,7 @@ def demo_queue(args: argparse.Namespace) -> int:
         ]
         for p in procs:
             p.start()
-        q.wait_for_readers(args.readers, timeout=60)
+        q.wait_for_readers(args.readers, timeout=DEMO_START_TIMEOUT)
         bodies = [bytearray(bytes([i]) * size) for i in range(256)]
         send = q.send
         t0 = time.perf_counter()
@@ -366,9 +377,9 @@ def demo_queue(args: argparse.Namespace) -> int:
             send(body)
         sent_s = time.perf_counter() - t0
         q.shutdown()
-        got = [results.get(timeout=120) for _ in procs]
+        got = [results.get(timeout=DEMO_RESULT_TIMEOUT) for _ in procs]
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=DEMO_JOIN_TIMEOUT)
         total_s = time.perf_counter() - t0
     rate = args.messages / total_s
     print(

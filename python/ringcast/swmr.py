@@ -48,6 +48,8 @@ POLL_MIN = 0.001
 POLL_MAX = 0.01
 #: Elements of a key read per window when scanning for its first zero.
 _WINDOW = 4096
+#: The window grows fourfold per step while no zero is found, up to this many elements.
+_WINDOW_MAX = 1 << 16
 
 
 _names: dict[int, tuple[Any, str]] = {}
@@ -158,7 +160,7 @@ class _KeyScan:
                 self.prefix += int(zeros[0])
                 break
             self.prefix = stop
-            window = min(window * 4, 1 << 16)
+            window = min(window * 4, _WINDOW_MAX)
         return self.prefix
 
     def nonzero_at(self, start: int, stop: int) -> np.ndarray:

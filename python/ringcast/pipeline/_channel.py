@@ -27,7 +27,7 @@ from typing import Any, Optional
 __all__ = ["Channel", "END", "TIMEOUT"]
 
 
-class _Marker:
+class Marker:
     __slots__ = ("_name",)
 
     def __init__(self, name: str) -> None:
@@ -37,10 +37,10 @@ class _Marker:
         return self._name
 
 
-END = _Marker("END")
+END = Marker("END")
 """Returned by :meth:`Channel.get` when no item will ever come."""
 
-TIMEOUT = _Marker("TIMEOUT")
+TIMEOUT = Marker("TIMEOUT")
 """Returned by :meth:`Channel.get` when its timeout passed without an item."""
 
 
@@ -200,32 +200,6 @@ class Channel:
                     return END
                 if not self._park(self._getters, timeout):
                     return TIMEOUT
-
-    def get_batch(self, done: bool, limit: int) -> Any:
-        """Like :meth:`get` but take up to ``limit`` queued items at once, as a list.
-
-        The caller holds one busy mark for the whole batch.
-        """
-        with self._lock:
-            if done:
-                self._busy -= 1
-            items = self._items
-            while True:
-                if items:
-                    n = len(items)
-                    if n <= limit:
-                        batch = list(items)
-                        items.clear()
-                    else:
-                        popleft = items.popleft
-                        batch = [popleft() for _ in range(limit)]
-                    self._busy += 1
-                    self._wake_all(self._putters)
-                    return batch
-                if self._aborted or (self._ended and self._busy == 0):
-                    self._wake_all(self._getters)
-                    return END
-                self._park(self._getters, None)
 
     def leave(self, done: bool) -> None:
         """A consumer worker stops taking items; ``done`` as for :meth:`get`."""

@@ -16,26 +16,52 @@ Structure of a run::
 * A failure that makes a step unable to go on (its generator raised, every worker died) aborts
   its input channel; the producers upstream then stop in turn, down to the feeder.
 
-Process steps (:mod:`ringcast.pipeline.process`) plug in here: their runtime keeps the same
-channel contract (take from ``inbox``, put to ``outbox``, end/abort, busy marks), see
-:func:`_make_runtime`.
+This module holds :class:`Pipeline` (feeding, running, stopping, stats) and the validation
+of step definitions; it also re-exports the names of ``paipa.threaded``. The other modules
+of the package, each importing only those before it:
+
+* :mod:`.steps` - the step classes and their statistics;
+* :mod:`.runtime` - a run, the runtime of a threaded step, the feeder threads;
+* :mod:`.wire` - the messages of a process step's queues;
+* :mod:`.process` - process steps and the body of their worker processes;
+* :mod:`.process_runtime` - the parent side of a process step in a run.
+
+Process steps plug in here: their runtime keeps the same channel contract (take from
+``inbox``, put to ``outbox``, end/abort, busy marks), see :func:`_make_runtime`.
 """
 
 from __future__ import annotations
 
-import abc
 import inspect
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
-from ..errors import InvalidArgument, PipelineStateError, RingcastError, Timeout
-from ._channel import END, Channel, _Marker
+from ..errors import InvalidArgument, PipelineStateError, Timeout
+from ._channel import Channel
 from ._progress import make_progress
+from .process_runtime import ProcStepRuntime
+from .runtime import Discard, IterableFeeder, QueueFeeder, Run, StepRuntime
+from .steps import DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from .steps import (
+    DEFAULT_THRESHOLD,
+    AbstractIterStep,
+    AbstractStep,
+    Meta,
+    NopTracker,
+    PipelineStats,
+    SiblingInfo,
+    SkipEntry,
+    StepFailure,
+    StepStats,
+    TimedChunk,
+    funcstep,
+    is_step,
+    iterstep,
+)
 
 __all__ = [
     "AbstractStep",
@@ -58,814 +84,14 @@ logger = logging.getLogger("ringcast.pipeline")
 
 _perf = time.perf_counter
 
-#: Default of the ``max_retries`` keyword (as paipa): an item is tried at most 1 + 10 times.
-DEFAULT_MAX_RETRIES = 10
-#: Default of the ``threshold`` keyword (as paipa): room in each queue between steps.
-DEFAULT_THRESHOLD = 64
-#: Seconds of idle input after which :meth:`AbstractStep.in_queue_empty` is called (as paipa).
-IDLE_HOOK_INTERVAL = 0.5
-#: How often a feeder reading a user's ``in_queue`` checks whether the pipeline was stopped.
-IN_QUEUE_POLL = 0.05
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.2
-
-
-# ------------------------------------------------------------------------------------------------
-# Exceptions and small public types
-
-
-class SkipEntry(RingcastError):
-    """Raise in :meth:`AbstractStep.process` (or a :func:`funcstep` function) to drop the item.
-
-    Raised out of an :func:`iterstep` generator it ends that generator, which is a failure of
-    the step (as in paipa).
-    """
-
-
-class SiblingInfo(NamedTuple):
-    """What a step instance knows about its siblings (the other workers of the same step)."""
-
-    index: int  # type: ignore[assignment]  # paipa's field name (shadows tuple.index)
-    """Index of this worker among its siblings, from 0."""
-    storage: dict
-    """One dict shared by all siblings of the step."""
-    threads: list
-    """The sibling step instances (including this one)."""
-
-
-class NopTracker:
-    """A tracker that does nothing: the interface of the ``tracker=`` keyword.
-
-    ``before_process(step)`` and ``after_process(step)`` are called around every
-    :meth:`AbstractStep.process` call; an exception they raise is logged and ignored.
-    """
-
-    def before_process(self, step: Any) -> None:
-        """Called before ``step.process(item)``."""
-
-    def after_process(self, step: Any) -> None:
-        """Called after ``step.process(item)`` returned."""
-
-
-@dataclass(frozen=True)
-class StepFailure:
-    """One failure recorded during a run (``Pipeline.failures``)."""
-
-    step: str
-    """Name of the step (its class name; ``<source>``/``<in_queue>`` for the feeder)."""
-    where: str
-    """What failed: ``process``, ``process_meta``, ``iterate`` (a generator step), ``source``,
-    ``in_queue``, or the name of a hook (``thread_initialize``, ``thread_shutdown``, ...)."""
-    exception: BaseException
-    """The exception, with its original traceback (``exception.__traceback__``)."""
-    item: Any = None
-    """The item whose processing failed, when there is one."""
-    attempts: int = 0
-    """How many times the item was tried (1 + retries); 0 when not about an item."""
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """Counters of one step (or of the feeder), summed over its workers."""
-
-    name: str
-    workers: int
-    """Configured number of worker threads."""
-    alive: int
-    """Worker threads still running."""
-    items_in: int
-    """Items taken from the input (retries of an item are not counted again)."""
-    items_out: int
-    """Items passed on (for the last step: items that left the pipeline)."""
-    failed: int
-    """Items given up on after their last attempt (or 1 for a failed generator)."""
-    retried: int
-    """Attempts that failed and were retried."""
-    skipped: int
-    """Items dropped with :class:`SkipEntry`."""
-    busy_seconds: float
-    """Time spent in the user's code (``process``, the generator, the source iterable)."""
-    queue_depth: int
-    """Items waiting in the step's input right now."""
-    queue_capacity: Optional[int]
-    """Room of the step's input (None: unbounded)."""
-    discarded: int
-    """Items thrown away because the step's input was aborted after a failure or ``stop``."""
-
-
-@dataclass(frozen=True)
-class PipelineStats:
-    """A snapshot of a pipeline's counters (``Pipeline.stats()``)."""
-
-    steps: tuple
-    """One :class:`StepStats` per step, preceded by the feeder's when there is one."""
-    count: int
-    """Items that left the last step, over all runs (``Pipeline.count``)."""
-    running: bool
-    elapsed: float
-    """Seconds since the current (or last) run started, until it ended."""
-    failures: int
-    """Failures recorded in the current (or last) run."""
-
-    @property
-    def items_per_s(self) -> float:
-        """Items that left the last step per second in the current (or last) run."""
-        last = self.steps[-1] if self.steps else None
-        return (last.items_out / self.elapsed) if last and self.elapsed > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------------------------
-# Internal item wrappers (user items travel unwrapped)
-
-
-class _Retry:
-    __slots__ = ("payload", "attempts")
-
-    def __init__(self, payload: Any, attempts: int) -> None:
-        self.payload = payload
-        self.attempts = attempts
-
-
-class _Meta:
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: Any) -> None:
-        self.payload = payload
-
-
-_SPECIAL = frozenset({_Marker, _Retry, _Meta})
-
-
-class _Discard:
-    """Output of the last step: items are counted by the workers and dropped."""
-
-    __slots__ = ()
-    capacity = None
-
-    def put(self, item: Any) -> bool:
-        return True
-
-    def end(self) -> None:
-        pass
-
-    def abort(self) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-
-class _WorkerStats:
-    __slots__ = ("n_in", "n_out", "failed", "retried", "skipped", "meta", "busy")
-
-    def __init__(self) -> None:
-        self.n_in = self.n_out = self.failed = self.retried = self.skipped = self.meta = 0
-        self.busy = 0.0
-
-
-# ------------------------------------------------------------------------------------------------
-# Steps
-
-
-class AbstractStep(threading.Thread, metaclass=abc.ABCMeta):
-    """Base class of threaded pipeline steps: each instance is one worker thread.
-
-    Subclass it and implement :meth:`process`; list it in a pipeline as ``(Step, workers)`` or
-    ``(Step, workers, options)``. The pipeline builds the instances, so do not construct them
-    yourself. Hooks, in the order they are called:
-
-    1. :meth:`step_initialize` - once per step, on sibling 0, in the thread that starts the run;
-    2. :meth:`initialize` ``(**options)`` - on every sibling, in the same thread;
-    3. :meth:`thread_initialize` - in the worker thread, before its first item;
-    4. :meth:`process` for each item (:meth:`process_meta` for meta items);
-    5. :meth:`thread_shutdown` - in the worker thread, after its last item;
-    6. :meth:`step_shutdown` - once, in the last sibling to finish.
-
-    An exception in any hook is recorded as a failure and raised by ``run()``/``stop()``.
-
-    Attributes: ``options`` (the pipeline's extra keywords), ``sibling`` (:class:`SiblingInfo`),
-    ``done`` (True once this worker finished).
-    """
-
-    def __init__(
-        self,
-        in_queue: Any,
-        out_queue: Any,
-        sibling: SiblingInfo,
-        counter: Any = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        threshold: int = DEFAULT_THRESHOLD,
-        tracker: Any = None,
-        **kw: Any,
-    ) -> None:
-        super().__init__(name=f"ringcast-step-{type(self).__name__}-{sibling.index}")
-        self._in_queue = in_queue
-        self._out_queue = out_queue
-        self.sibling = sibling
-        self._counter = counter
-        self._max_retries = max_retries
-        self._threshold = threshold
-        self._tracker = tracker
-        self.options = kw
-        self.done = False
-        self._rc_runtime: Any = None
-        self._rc_stats = _WorkerStats()
-
-    # -- hooks (override as needed) -----------------------------------------------------------
-
-    def step_initialize(self) -> None:
-        """Called once per step, on sibling 0, before any :meth:`initialize`."""
-
-    def initialize(self, **options: Any) -> None:
-        """Called on every sibling with the step definition's options dict as keywords."""
-        if options:
-            raise TypeError(
-                f"{type(self).__name__}.initialize() got options {sorted(options)} but does not "
-                "take any: override initialize(self, **options) to use step options"
-            )
-
-    def thread_initialize(self) -> None:
-        """Called in the worker thread before it takes its first item."""
-
-    def thread_shutdown(self) -> None:
-        """Called in the worker thread after its last item."""
-
-    def step_shutdown(self) -> None:
-        """Called once per step, by the last sibling to finish, after its thread_shutdown."""
-
-    def in_queue_empty(self) -> None:
-        """Called each time the input stayed empty for 0.5 s (only if overridden)."""
-
-    @abc.abstractmethod
-    def process(self, item: Any) -> Any:
-        """Process one item and return one result (raise :class:`SkipEntry` to drop it)."""
-        raise NotImplementedError
-
-    def process_meta(self, payload: Any) -> Any:
-        """Process a meta item (see :meth:`Pipeline.put_meta`); identity by default."""
-        return payload
-
-    def reenqueue(self, item: Any) -> None:
-        """Put ``item`` back on this step's input as a new item (it is processed again)."""
-        if not self._in_queue.requeue(item):
-            raise PipelineStateError("reenqueue(): the step's input was aborted")
-
-    # -- machinery -----------------------------------------------------------------------------
-
-    def run(self) -> None:
-        """Thread body (do not override): hooks around the work loop, failures recorded."""
-        rt = self._rc_runtime
-        try:
-            started = False
-            try:
-                self.thread_initialize()
-                started = True
-            except BaseException as exc:  # noqa: BLE001 - recorded, raised by run()/stop()
-                rt.fail(exc, "thread_initialize")
-            if started:
-                try:
-                    self._rc_loop()
-                except BaseException as exc:  # noqa: BLE001
-                    self._rc_stats.failed += 1
-                    rt.fail(exc, "process")
-                    rt.abort_input()
-                try:
-                    self.thread_shutdown()
-                except BaseException as exc:  # noqa: BLE001
-                    rt.fail(exc, "thread_shutdown")
-        finally:
-            self.done = True
-            rt.worker_exited(self)
-
-    def _rc_call_tracked(self, item: Any) -> Any:
-        tracker = self._rc_runtime.tracker
-        try:
-            tracker.before_process(self)
-        except Exception:
-            logger.error("tracker.before_process failed (ignored)", exc_info=True)
-        result = self.process(item)
-        try:
-            tracker.after_process(self)
-        except Exception:
-            logger.error("tracker.after_process failed (ignored)", exc_info=True)
-        return result
-
-    def _rc_meta(self, payload: Any, put: Callable[[Any], bool]) -> bool:
-        st = self._rc_stats
-        try:
-            result = self.process_meta(payload)
-        except SkipEntry:
-            return True
-        except Exception as exc:
-            self._rc_runtime.fail(exc, "process_meta", payload, 1)
-            return True
-        st.meta += 1
-        return put(_Meta(result))
-
-    def _rc_loop(self) -> None:
-        """Take items one by one, process them, pass the results on."""
-        rt = self._rc_runtime
-        st = self._rc_stats
-        inbox = rt.inbox
-        get = inbox.get
-        put = rt.outbox.put
-        process = self.process if rt.tracker is None else self._rc_call_tracked
-        timeout = rt.idle_timeout
-        max_retries = rt.max_retries
-        special = _SPECIAL
-        perf = _perf
-        done = False
-        try:
-            while True:
-                item = get(done, timeout)
-                done = True
-                if type(item) in special:
-                    cls = type(item)
-                    if cls is _Marker:
-                        done = False
-                        if item is END:
-                            return
-                        self.in_queue_empty()
-                        continue
-                    if cls is _Meta:
-                        if not self._rc_meta(item.payload, put):
-                            rt.abort_input()
-                            return
-                        continue
-                    attempt = item.attempts
-                    item = item.payload
-                else:
-                    attempt = 0
-                    st.n_in += 1
-                t0 = perf()
-                try:
-                    result = process(item)
-                except SkipEntry:
-                    st.busy += perf() - t0
-                    st.skipped += 1
-                    continue
-                except Exception as exc:
-                    st.busy += perf() - t0
-                    if attempt < max_retries:
-                        st.retried += 1
-                        logger.warning(
-                            "%s failed on an item (attempt %d of %d), retrying",
-                            rt.name,
-                            attempt + 1,
-                            max_retries + 1,
-                            exc_info=True,
-                        )
-                        inbox.requeue(_Retry(item, attempt + 1))
-                    else:
-                        st.failed += 1
-                        rt.fail(exc, "process", item, attempt + 1)
-                    continue
-                st.busy += perf() - t0
-                if not put(result):
-                    # The next step gave up (it failed): stop taking items, make upstream stop.
-                    rt.abort_input()
-                    return
-                st.n_out += 1
-        finally:
-            inbox.leave(done)
-
-
-class AbstractIterStep(AbstractStep):
-    """Base of generator steps (see :func:`iterstep`): ``process(iterator)`` returns an iterable.
-
-    The iterator yields this worker's share of the step's input and ends at the end of input;
-    every value of the returned iterable is passed on. An exception out of the generator
-    (including :class:`SkipEntry`) is a failure: the step's input is aborted, so the steps
-    before it stop, and ``run()``/``stop()`` raise it.
-    """
-
-    @abc.abstractmethod
-    def process(self, iterator: Any) -> Any:
-        """Return an iterable of results computed from ``iterator`` (usually a generator)."""
-        raise NotImplementedError
-
-    def _rc_loop(self) -> None:
-        rt = self._rc_runtime
-        st = self._rc_stats
-        inbox = rt.inbox
-        put = rt.outbox.put
-        perf = _perf
-        held = [False]  # whether this worker holds an item taken from the inbox
-        waited = [0.0]  # time spent waiting for input or for room downstream
-
-        def pull() -> Any:
-            get = inbox.get
-            while True:
-                t0 = perf()
-                item = get(held[0])
-                waited[0] += perf() - t0
-                held[0] = True
-                cls = type(item)
-                if cls in _SPECIAL:
-                    if item is END:
-                        held[0] = False
-                        return
-                    if cls is _Meta:  # forwarded, not shown to the generator (as paipa)
-                        t0 = perf()
-                        ok = put(item)
-                        waited[0] += perf() - t0
-                        if not ok:
-                            rt.abort_input()
-                            return
-                        continue
-                    item = item.payload  # a _Retry: iter steps do not retry, but reenqueue
-                st.n_in += 1
-                yield item
-
-        source = pull()
-        start = perf()
-        results: Any = None
-        try:
-            results = self.process(source)
-            if results is not None:
-                results = iter(results)
-                for value in results:
-                    t0 = perf()
-                    ok = put(value)
-                    waited[0] += perf() - t0
-                    if not ok:
-                        rt.abort_input()
-                        break
-                    st.n_out += 1
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()  # a generator left early: run its cleanup now, in this thread
-        except Exception as exc:
-            st.failed += 1
-            rt.fail(exc, "iterate")
-            rt.abort_input()
-        finally:
-            st.busy += max(0.0, perf() - start - waited[0])
-            source.close()
-            inbox.leave(held[0])
-
-
-class TimedChunk(AbstractStep):
-    """Group items into lists of ``size``; flush a partial list after ``timeout`` seconds.
-
-    Options (the step definition's dict): ``timeout`` (seconds, default 5) and ``size``
-    (default 64). A partial list is also flushed before a meta item and at the end of input.
-    Unlike paipa, the timeout is kept to the millisecond (paipa checked it every 0.5 s). Use
-    one worker.
-    """
-
-    def initialize(self, timeout: float = 5, size: int = 64) -> None:  # type: ignore[override]
-        """Take the ``timeout`` and ``size`` options."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidArgument(f"TimedChunk: size must be an int >= 1, got {size!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidArgument(f"TimedChunk: timeout must be a number > 0, got {timeout!r}")
-        self._timeout = float(timeout)
-        self._size = size
-
-    def process(self, item: Any) -> Any:
-        """Not used: TimedChunk groups items in its own loop."""
-        return item
-
-    def _rc_loop(self) -> None:
-        rt = self._rc_runtime
-        st = self._rc_stats
-        inbox = rt.inbox
-        put = rt.outbox.put
-        size, timeout = self._size, self._timeout
-        chunk: list = []
-        first_at = 0.0
-        done = False
-        try:
-            while True:
-                wait = None if not chunk else max(0.0, first_at + timeout - time.monotonic())
-                item = inbox.get(done, wait)
-                done = True
-                cls = type(item)
-                if cls is _Marker or cls is _Meta or len(chunk) + 1 >= size:
-                    if cls not in _SPECIAL:
-                        st.n_in += 1
-                        chunk.append(item)
-                    if chunk:
-                        ok = put(chunk)
-                        st.n_out += 1
-                        chunk = []
-                        if not ok:
-                            rt.abort_input()
-                            return
-                    if cls is _Marker:
-                        done = False
-                        if item is END:
-                            return
-                        continue
-                    if cls is _Meta and not self._rc_meta(item.payload, put):
-                        rt.abort_input()
-                        return
-                    continue
-                if cls is _Retry:
-                    item = item.payload
-                else:
-                    st.n_in += 1
-                if not chunk:
-                    first_at = time.monotonic()
-                chunk.append(item)
-        finally:
-            inbox.leave(done)
-
-
-def is_step(step: Any) -> bool:
-    """True if ``step`` is a step class (a subclass of :class:`AbstractStep`)."""
-    return isinstance(step, type) and issubclass(step, AbstractStep)
-
-
-def _step_class_name(func: Any) -> str:
-    name = getattr(func, "__name__", None)
-    return name if isinstance(name, str) else type(func).__name__
-
-
-def funcstep(func: Callable[[Any], Any], base: type = AbstractStep) -> type:
-    """Make a step class whose :meth:`~AbstractStep.process` is ``func`` (one item in, one out).
-
-    The class is named after the function. Raise :class:`SkipEntry` in ``func`` to drop an item.
-    """
-    if not callable(func):
-        raise InvalidArgument(f"funcstep() needs a callable, got {func!r}")
-    if not is_step(base):
-        raise InvalidArgument(f"funcstep(): base must be a subclass of AbstractStep, got {base!r}")
-    name = _step_class_name(func)
-    ns = {
-        "process": staticmethod(func),
-        "__doc__": getattr(func, "__doc__", None),
-        "__module__": getattr(func, "__module__", __name__),
-        "__qualname__": getattr(func, "__qualname__", name),
-    }
-    return type(name, (base,), ns)
-
-
-def iterstep(func: Callable[[Any], Any]) -> type:
-    """Make a generator step: ``func(iterator)`` yields any number of results for its input.
-
-    Use it to filter (do not yield), to expand (yield several), or to keep state across items.
-    Each worker runs its own generator over its share of the input.
-    """
-    if not callable(func):
-        raise InvalidArgument(f"iterstep() needs a callable, got {func!r}")
-    return funcstep(func, base=AbstractIterStep)
-
-
-# ------------------------------------------------------------------------------------------------
-# Runtime of one run
-
-
-class _StepRuntime:
-    """One step of one run: its workers, channels and counters."""
-
-    def __init__(
-        self,
-        run: _Run,
-        name: str,
-        cls: type,
-        workers: int,
-        step_options: Mapping,
-        inbox: Channel,
-        outbox: Any,
-        pipeline_options: dict,
-    ) -> None:
-        self.run = run
-        self.name = name
-        self.cls = cls
-        self.workers = workers
-        self.step_options = dict(step_options)
-        self.inbox = inbox
-        self.outbox = outbox
-        self.pipeline_options = pipeline_options
-        tracker = pipeline_options.get("tracker")
-        self.tracker = None if tracker is None or type(tracker) is NopTracker else tracker
-        self.max_retries = pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
-        self.idle_timeout: Optional[float] = None
-        self.lock = threading.Lock()
-        self.live = 0
-        self.instances: list = []
-        self.storage: dict = {}
-
-    def build(self) -> None:
-        """Construct the workers and call step_initialize/initialize (caller's thread)."""
-        for index in range(self.workers):
-            inst = self.cls(
-                self.inbox,
-                self.outbox,
-                sibling=SiblingInfo(index, self.storage, self.instances),
-                counter=None,
-                **self.pipeline_options,
-            )
-            inst._rc_runtime = self
-            if not hasattr(inst, "_rc_stats"):
-                raise PipelineStateError(
-                    f"{self.name}.__init__ did not call AbstractStep.__init__ (super().__init__)"
-                )
-            if index == 0:
-                inst.step_initialize()
-            inst.initialize(**self.step_options)
-            self.instances.append(inst)
-        if type(self.instances[0]).in_queue_empty is not AbstractStep.in_queue_empty:
-            self.idle_timeout = IDLE_HOOK_INTERVAL
-        self.live = self.workers
-
-    def fail(self, exc: BaseException, where: str, item: Any = None, attempts: int = 0) -> None:
-        self.run.record(StepFailure(self.name, where, exc, item, attempts))
-
-    def abort_input(self) -> None:
-        """This step cannot go on: discard its input and stop every producer upstream."""
-        self.run.abort_upto(self.inbox)
-
-    def worker_exited(self, worker: AbstractStep) -> None:
-        with self.lock:
-            self.live -= 1
-            last = self.live == 0
-        try:
-            if last:
-                if not self.inbox.exhausted:
-                    # The step stopped before its input ended (every worker failed, or a
-                    # generator stopped early): stop the producers upstream.
-                    self.abort_input()
-                try:
-                    worker.step_shutdown()
-                except BaseException as exc:  # noqa: BLE001
-                    self.fail(exc, "step_shutdown")
-                self.outbox.end()
-        finally:
-            self.run.thread_exited()
-
-    def discard(self) -> None:
-        """The run did not start: release what build() acquired (nothing for threads)."""
-
-    def snapshot(self) -> StepStats:
-        stats = [inst._rc_stats for inst in self.instances]
-        return StepStats(
-            name=self.name,
-            workers=self.workers,
-            alive=self.live,
-            items_in=sum(s.n_in for s in stats),
-            items_out=sum(s.n_out for s in stats),
-            failed=sum(s.failed for s in stats),
-            retried=sum(s.retried for s in stats),
-            skipped=sum(s.skipped for s in stats),
-            busy_seconds=sum(s.busy for s in stats),
-            queue_depth=len(self.inbox),
-            queue_capacity=self.inbox.capacity,
-            discarded=self.inbox.discarded,
-        )
-
-
-class _Feeder:
-    """A thread filling the first channel: from iterables (put_iterable) or a user's queue."""
-
-    def __init__(self, run: _Run, name: str, out: Channel, daemon: bool) -> None:
-        self.run = run
-        self.name = name
-        self.out = out
-        self.stats = _WorkerStats()
-        self.alive = 1
-        self.thread = threading.Thread(
-            target=self._main, name=f"ringcast-pipeline-{name.strip('<>')}", daemon=daemon
-        )
-
-    def _main(self) -> None:
-        try:
-            self.feed()
-        except BaseException as exc:  # noqa: BLE001 - recorded, raised by run()/stop()
-            self.stats.failed += 1
-            self.run.record(StepFailure(self.name, self.name.strip("<>"), exc))
-        finally:
-            self.alive = 0
-            self.out.end()
-            self.run.thread_exited()
-
-    def feed(self) -> None:
-        raise NotImplementedError
-
-    def snapshot(self) -> StepStats:
-        s = self.stats
-        return StepStats(self.name, 1, self.alive, 0, s.n_out, s.failed, 0, 0, s.busy, 0, 0, 0)
-
-
-class _IterableFeeder(_Feeder):
-    def __init__(self, run: _Run, out: Channel, iterators: list, daemon: bool) -> None:
-        super().__init__(run, "<source>", out, daemon)
-        self.iterators = iterators
-
-    def feed(self) -> None:
-        st = self.stats
-        put = self.out.put
-        perf = _perf
-        for it in self.iterators:
-            t0 = perf()
-            for value in it:
-                st.busy += perf() - t0
-                if not put(value):
-                    return
-                st.n_out += 1
-                t0 = perf()
-            st.busy += perf() - t0
-
-
-class _QueueFeeder(_Feeder):
-    """Moves items from a user's queue into the pipeline until the pipeline is finished."""
-
-    def __init__(self, run: _Run, out: Channel, user_queue: Any, daemon: bool) -> None:
-        super().__init__(run, "<in_queue>", out, daemon)
-        self.user_queue = user_queue
-
-    def _forward(self, item: Any) -> bool:
-        """Pass ``item`` on; if the pipeline was aborted, give it back to the user's queue."""
-        if self.out.put(item):
-            self.stats.n_out += 1
-            return True
-        try:
-            self.user_queue.put(item, block=False)
-        except Exception:  # a full (bounded) user queue: the item is counted as discarded
-            return False
-        self.out.discarded -= 1  # not lost: back in the user's queue
-        return False
-
-    def feed(self) -> None:
-        import queue as _queue
-
-        q = self.user_queue
-        out = self.out
-        finish = self.run.input_finished
-        while not out.aborted:
-            if finish.is_set():
-                # Drain what was put before finish()/stop(), then end.
-                while not out.aborted:
-                    try:
-                        item = q.get(timeout=0)  # paipa's contract: get(timeout=) only
-                    except _queue.Empty:
-                        return
-                    if not self._forward(item):
-                        return
-                return
-            try:
-                item = q.get(timeout=IN_QUEUE_POLL)
-            except _queue.Empty:
-                continue
-            if not self._forward(item):
-                return
-
-
-class _Run:
-    """State of one run of a pipeline."""
-
-    def __init__(self, background: bool) -> None:
-        self.background = background
-        self.lock = threading.Lock()
-        self.failures: list = []
-        self.live = 0
-        self.done = threading.Event()  # every thread of the run has exited
-        self.finished = threading.Event()  # counted, callbacks called: run() may return
-        self.input_finished = threading.Event()  # for in_queue feeding
-        self.steps: list = []
-        self.feeder: Optional[_Feeder] = None
-        self.channels: list = []
-        self.threads: list = []
-        self.supervisor: Optional[threading.Thread] = None
-        self.started = _perf()
-        self.ended: Optional[float] = None
-        self.reported = False
-        self.stopped = False  # stop() returned (a background run's input is released)
-        self.counted = 0
-
-    def record(self, failure: StepFailure) -> None:
-        with self.lock:
-            self.failures.append(failure)
-
-    def thread_exited(self) -> None:
-        with self.lock:
-            self.live -= 1
-            if self.live == 0:
-                self.done.set()
-
-    def abort(self) -> None:
-        """Stop everything: discard queued items, make every thread finish its current item."""
-        self.input_finished.set()
-        for ch in self.channels:
-            ch.abort()
-
-    def abort_upto(self, channel: Channel) -> None:
-        """Abort ``channel`` and every channel before it (the steps feeding it stop)."""
-        for ch in self.channels:
-            ch.abort()
-            if ch is channel:
-                return
-
-    def count(self) -> int:
-        if not self.steps:
-            return 0
-        return sum(inst._rc_stats.n_out for inst in self.steps[-1].instances)
+#: Items that ``put_all`` moves into the input at a time.
+PUT_ALL_BATCH = 4096
 
 
 def _make_runtime(
-    run: _Run,
+    run: Run,
     cls: type,
     workers: int,
     opts: Mapping,
@@ -875,10 +101,8 @@ def _make_runtime(
 ) -> Any:
     """The runtime of one step definition: worker threads, or worker processes."""
     if getattr(cls, "_rc_process_step", False):
-        from .process import _ProcStepRuntime
-
-        return _ProcStepRuntime(run, cls, workers, opts, inbox, outbox, pipeline_options)
-    return _StepRuntime(run, cls.__name__, cls, workers, opts, inbox, outbox, pipeline_options)
+        return ProcStepRuntime(run, cls, workers, opts, inbox, outbox, pipeline_options)
+    return StepRuntime(run, cls.__name__, cls, workers, opts, inbox, outbox, pipeline_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1015,8 +239,8 @@ class Pipeline:
         self._n_put = 0
         self._fed = False
         self._finish_requested = False
-        self._run: Optional[_Run] = None
-        self._last_run: Optional[_Run] = None
+        self._run: Optional[Run] = None
+        self._last_run: Optional[Run] = None
         self._ever_started = False
 
     def __repr__(self) -> str:
@@ -1071,7 +295,7 @@ class Pipeline:
         except TypeError:
             raise InvalidArgument(f"put_all() needs an iterable, got {iterable!r}") from None
         while True:
-            block = list(itertools.islice(it, 4096))
+            block = list(itertools.islice(it, PUT_ALL_BATCH))
             if not block:
                 return
             self._push(block)
@@ -1112,7 +336,7 @@ class Pipeline:
         """Add a meta item: it goes through each step's ``process_meta`` and is not counted."""
         if self._user_queue is not None:
             raise PipelineStateError("put_meta() is not available with in_queue")
-        self._push([_Meta(element)])
+        self._push([Meta(element)])
         self._n_put -= 1
 
     def finish(self) -> None:
@@ -1154,7 +378,7 @@ class Pipeline:
         f = self.failures
         return f[0].exception if f else None
 
-    def _start(self, background: bool) -> _Run:
+    def _start(self, background: bool) -> Run:
         with self._lock:
             if self._run is not None:
                 raise PipelineStateError("the pipeline is already running")
@@ -1172,13 +396,13 @@ class Pipeline:
             parsed = _parse_steps(self.steps)
             opts = self.options
             threshold = opts.get("threshold", DEFAULT_THRESHOLD)
-            run = _Run(background)
+            run = Run(background)
             if self._sources:
                 first = Channel(threshold, "source")
-                run.feeder = _IterableFeeder(run, first, self._sources, self.daemon)
+                run.feeder = IterableFeeder(run, first, self._sources, self.daemon)
             elif self._user_queue is not None:
                 first = Channel(threshold, "in_queue")
-                run.feeder = _QueueFeeder(run, first, self._user_queue, self.daemon)
+                run.feeder = QueueFeeder(run, first, self._user_queue, self.daemon)
                 if self._finish_requested:
                     run.input_finished.set()
             else:
@@ -1187,7 +411,7 @@ class Pipeline:
             inbox: Any = first
             for i, (cls, workers, sopts) in enumerate(parsed):
                 is_last = i == len(parsed) - 1
-                outbox: Any = _Discard() if is_last else Channel(threshold, f"after {cls.__name__}")
+                outbox: Any = Discard() if is_last else Channel(threshold, f"after {cls.__name__}")
                 if not is_last:
                     run.channels.append(outbox)
                 run.steps.append(_make_runtime(run, cls, workers, sopts, inbox, outbox, opts))
@@ -1251,10 +475,10 @@ class Pipeline:
             return self._n_put
         return None
 
-    def _postfix(self, run: _Run) -> str:
+    def _postfix(self, run: Run) -> str:
         return " ".join(f"{rt.name}:{len(rt.inbox)}" for rt in run.steps)
 
-    def _supervise(self, run: _Run) -> None:
+    def _supervise(self, run: Run) -> None:
         """Wait for the run to end (showing progress), then count and call back."""
         bar = make_progress(self._total(), "pipeline") if self.progress else None
         try:
@@ -1271,7 +495,7 @@ class Pipeline:
             raise
         self._conclude(run, bar)
 
-    def _conclude(self, run: _Run, bar: Any) -> None:
+    def _conclude(self, run: Run, bar: Any) -> None:
         for t in run.threads:
             t.join()
         run.ended = _perf()
@@ -1300,7 +524,7 @@ class Pipeline:
             )
         run.finished.set()
 
-    def _raise_failure(self, run: _Run) -> None:
+    def _raise_failure(self, run: Run) -> None:
         if run.failures and not run.reported:
             run.reported = True
             exc = run.failures[0].exception

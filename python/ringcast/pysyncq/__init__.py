@@ -37,6 +37,10 @@ Msg = tuple[Union[str, bytes], Union[str, bytes], Union[str, bytes]]
 #: lock between slices: pysyncq's condition lock is released while a pop waits, so other
 #: threads sharing the object can pop (or change the screens) meanwhile.
 _POP_SLICE = 0.05
+#: How long ``close`` waits for a pop in another thread to finish its slice.
+_CLOSE_WAIT = 1.0
+_MESSAGE_HEADER = header.message_header_bytes
+_QUEUE_HEADER = header.queue_header_bytes
 
 
 class QueueMemoryError(RingcastError, MemoryError):
@@ -207,7 +211,7 @@ class PySyncQ:
         # Let a pop in another thread finish its slice (bounded: never hang in close). An
         # object not opened in this process has no reader to protect (and a forked copy of
         # the lock may be held by a thread that does not exist here).
-        locked = self._lock.acquire(timeout=1.0) if self._opened() else False
+        locked = self._lock.acquire(timeout=_CLOSE_WAIT) if self._opened() else False
         try:
             if self.shm is None:
                 return
@@ -274,8 +278,8 @@ class PySyncQ:
             timeout: Optional[float] = 0.0
         else:
             timeout = None if timer is None else max(float(timer), 0.0)
-        n = 16 + len(self.sender or b"") + len(t) + len(b)  # header.message_header_bytes
-        if n > self.size - 40:  # header.queue_header_bytes
+        n = _MESSAGE_HEADER + len(self.sender or b"") + len(t) + len(b)
+        if n > self.size - _QUEUE_HEADER:
             # Can never fit: fail at once (pysyncq waited; D6), and before the core's own
             # field-size checks, so an oversized type still raises MemoryError as in pysyncq.
             raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.")

@@ -16,7 +16,7 @@ queue_header_bytes: int = 40
 message_header_bytes: int = 16
 
 #: The largest ``size`` pysyncq accepts.
-maxshmemory: int = 40 + (2**64 - 1) * 16
+maxshmemory: int = queue_header_bytes + (2**64 - 1) * message_header_bytes
 
 
 def _norm(x: Any) -> bytes:

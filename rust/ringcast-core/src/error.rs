@@ -15,9 +15,6 @@ pub enum Error {
     /// The object exists but is not a (valid) ringcast segment.
     #[error("'{name}' is not a usable ringcast segment: {why}")]
     Corrupt { name: String, why: String },
-    /// A file's data cannot be read as described (a damaged chunk, a file that ends early).
-    #[error("'{path}': {why}")]
-    BadData { path: String, why: String },
     /// A bad argument from the caller.
     #[error("{0}")]
     InvalidArgument(String),
@@ -86,12 +83,6 @@ impl Error {
             op,
             name: name.to_owned(),
             source: e.into(),
-        }
-    }
-    pub(crate) fn bad_data(path: &str, why: impl Into<String>) -> Self {
-        Error::BadData {
-            path: path.to_owned(),
-            why: why.into(),
         }
     }
     pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {

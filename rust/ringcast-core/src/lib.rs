@@ -3,7 +3,6 @@
 
 pub mod error;
 pub mod handle;
-pub mod native;
 pub mod proc;
 pub mod queue;
 pub mod segment;

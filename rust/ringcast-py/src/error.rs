@@ -1,5 +1,6 @@
-//! The one mapping from core errors to the exception classes of `ringcast.errors`. The
-//! classes are looked up once per process (on the first error) and cached.
+//! The one mapping from the errors of `ringcast_core` and `ringcast_h5` to the exception
+//! classes of `ringcast.errors`. The classes are looked up once per process (on the first
+//! error) and cached.
 
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
@@ -7,11 +8,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use ringcast_core::Error;
 
-/// Errors of the bindings: a core error, a receive that found no message, or a Python
-/// error (raised by a conversion, or by a signal handler that interrupted a wait).
+/// Errors of the bindings: a core error, an error of the native HDF5 read path, a receive
+/// that found no message, or a Python error (raised by a conversion, or by a signal handler
+/// that interrupted a wait).
 pub enum BindError {
     /// A core error, mapped to its `ringcast.errors` class.
     Core(Error),
+    /// An error of the native HDF5 read path (other than a core error it passed through).
+    H5(ringcast_h5::Error),
     /// No message before the timeout: `ringcast.errors.Empty` with this text.
     Empty(String),
     /// A Python exception, raised as is.
@@ -35,6 +39,15 @@ impl From<Error> for BindError {
     }
 }
 
+impl From<ringcast_h5::Error> for BindError {
+    fn from(e: ringcast_h5::Error) -> Self {
+        match e {
+            ringcast_h5::Error::Core(e) => BindError::Core(e),
+            e => BindError::H5(e),
+        }
+    }
+}
+
 impl From<PyErr> for BindError {
     fn from(e: PyErr) -> Self {
         BindError::Py(e)
@@ -46,6 +59,10 @@ impl From<BindError> for PyErr {
         match e {
             BindError::Py(e) => e,
             BindError::Core(e) => Python::attach(|py| to_pyerr(py, e)),
+            BindError::H5(e) => Python::attach(|py| match classes(py) {
+                Ok(c) => map_h5(py, c, e),
+                Err(err) => err,
+            }),
             BindError::Empty(msg) => Python::attach(|py| match classes(py) {
                 Ok(c) => new(py, &c.empty, (msg,)),
                 Err(e) => e,
@@ -131,7 +148,6 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
         Error::Exists(_) => &c.exists,
         Error::Corrupt { .. } => &c.corrupt,
         Error::InvalidArgument(_) => &c.invalid,
-        Error::BadData { .. } => &c.ringcast_error,
         Error::Full { needed, free } => return new(py, &c.full, (msg, needed, free)),
         Error::TooLarge { needed, capacity } => {
             return new(py, &c.too_large, (msg, needed, capacity))
@@ -150,6 +166,22 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
         Error::Interrupted => return PyKeyboardInterrupt::new_err("interrupted"),
     };
     new(py, cls, (msg,))
+}
+
+/// An error of the native HDF5 read path: a bad plan is an `InvalidArgument`, a file's
+/// damaged data a `RingcastError`, a failed open or read a `RingcastOSError`.
+fn map_h5(py: Python<'_>, c: &Classes, e: ringcast_h5::Error) -> PyErr {
+    use ringcast_h5::Error as H5;
+    let msg = e.to_string();
+    match e {
+        H5::Core(e) => map(py, c, e),
+        H5::InvalidArgument(_) => new(py, &c.invalid, (msg,)),
+        H5::BadData { .. } => new(py, &c.ringcast_error, (msg,)),
+        H5::Os { ref source, .. } => {
+            let errno = source.raw_os_error().unwrap_or(0);
+            new(py, &c.os_error, (errno, msg))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -198,9 +230,15 @@ mod tests {
 
     /// Raise `e` through the mapping; check the class (by name in `ringcast.errors`) and
     /// the message; return the exception object.
-    fn raised<'py>(py: Python<'py>, e: Error, class: &str) -> Bound<'py, PyAny> {
-        let msg = e.to_string();
-        let err = PyErr::from(BindError::from(e));
+    fn raised<'py>(py: Python<'py>, e: impl Into<BindError>, class: &str) -> Bound<'py, PyAny> {
+        let e = e.into();
+        let msg = match &e {
+            BindError::Core(e) => e.to_string(),
+            BindError::H5(e) => e.to_string(),
+            BindError::Empty(m) => m.clone(),
+            BindError::Py(e) => e.to_string(),
+        };
+        let err = PyErr::from(e);
         let cls = errors(py).getattr(class).expect("class");
         let value = err.value(py).clone().into_any();
         assert!(
@@ -236,12 +274,6 @@ mod tests {
             };
             raised(py, corrupt, "CorruptSegment");
             raised(py, Error::InvalidArgument("no".into()), "InvalidArgument");
-            let bad = Error::BadData {
-                path: "f.h5".into(),
-                why: "short chunk".into(),
-            };
-            let v = raised(py, bad, "RingcastError");
-            assert_eq!(v.get_type().name().unwrap().to_string(), "RingcastError");
             let t = Error::Timeout(Duration::from_millis(5), "readers to join");
             raised(py, t, "Timeout");
             raised(py, Error::ShutDown(s()), "QueueShutDown");
@@ -292,6 +324,43 @@ mod tests {
             assert_eq!(attr::<String>(&v, "strerror"), msg);
             assert!(v.is_instance_of::<pyo3::exceptions::PyOSError>());
             assert_eq!(v.get_type().name().unwrap().to_string(), "RingcastOSError");
+        });
+    }
+
+    #[test]
+    fn every_native_read_error_becomes_its_ringcast_errors_class() {
+        use ringcast_h5::Error as H5;
+        Python::initialize();
+        Python::attach(|py| {
+            errors(py);
+            let bad = H5::BadData {
+                path: "f.h5".into(),
+                why: "short chunk".into(),
+            };
+            let v = raised(py, bad, "RingcastError");
+            assert_eq!(v.get_type().name().unwrap().to_string(), "RingcastError");
+            raised(py, H5::InvalidArgument("plan".into()), "InvalidArgument");
+            // A core error passed through keeps its own class.
+            raised(py, H5::Core(Error::Forked("_SlotRing")), "ForkedHandle");
+            assert!(matches!(
+                BindError::from(H5::Core(Error::Closed("x"))),
+                BindError::Core(_)
+            ));
+            let os = H5::Os {
+                op: "open",
+                path: "f.h5".into(),
+                source: std::io::Error::from_raw_os_error(ENOENT),
+            };
+            let msg = os.to_string();
+            let v = PyErr::from(BindError::from(os))
+                .value(py)
+                .clone()
+                .into_any();
+            assert!(v
+                .is_instance(&errors(py).getattr("RingcastOSError").unwrap())
+                .unwrap());
+            assert_eq!(attr::<i32>(&v, "errno"), ENOENT);
+            assert_eq!(attr::<String>(&v, "strerror"), msg);
         });
     }
 

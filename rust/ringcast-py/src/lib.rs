@@ -1,9 +1,9 @@
-//! Thin PyO3 bindings of ringcast-core: type conversion, buffer protocol, error mapping and
+//! Thin PyO3 bindings of ringcast-core and ringcast-h5: type conversion, buffer protocol, error mapping and
 //! GIL release. No queue logic lives here (handle semantics are `ringcast_core::handle`).
 //!
 //! One file per Python class family: [`message`], [`queue`] (`BroadcastQueue`), [`reader`],
 //! [`lease`], [`reservation`], [`slots`] (`_SlotRing`, `_SlotBlock`), [`native_h5`]
-//! (`_native_start`) and [`segments`] (module functions). Shared by them: [`convert`]
+//! (`_Codec`, `_native_start`) and [`segments`] (module functions). Shared by them: [`convert`]
 //! (Python objects to core types), [`error`] (the one mapping of core errors to
 //! `ringcast.errors`), [`gil`] (the one place the GIL is released) and [`buffer`] (the one
 //! buffer-protocol export).
@@ -42,6 +42,8 @@ fn _ringcast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(segments::record_size, m)?)?;
     m.add_function(wrap_pyfunction!(segments::_close_all, m)?)?;
     m.add_function(wrap_pyfunction!(native_h5::_native_start, m)?)?;
+    m.add_class::<native_h5::PyCodec>()?;
     m.add("RECORD_HEADER_BYTES", ringcast_core::queue::RECORD_HEADER)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,11 +1,11 @@
-//! `_native_start`: the native HDF5 read path (`ringcast_core::native`), reading file bytes
-//! with `pread` from Rust threads and decoding them straight into a slot ring's slots.
+//! The native HDF5 read path (`ringcast_h5`): `_Codec`, how an extent is stored, and
+//! `_native_start`, which starts Rust threads reading file bytes with `pread` and decoding
+//! them straight into a slot ring's slots.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use ringcast_core::native;
-use ringcast_core::Error;
+use ringcast_h5 as native;
 
 use crate::error::BResult;
 use crate::gil::enter;
@@ -14,10 +14,43 @@ use crate::slots::PySlotRing;
 /// The native read path filling a slot ring (a consumer waiting for a block helps it).
 pub(crate) type Filler = native::Filler;
 
+/// How an extent of the native read path is stored (``ringcast_h5::Codec``, whose values it
+/// takes): raw bytes, deflate, the HDF5 LZ4 filter, or bitshuffle with LZ4.
+#[pyclass(
+    module = "ringcast",
+    name = "_Codec",
+    eq,
+    eq_int,
+    frozen,
+    from_py_object
+)]
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum PyCodec {
+    #[pyo3(name = "RAW")]
+    Raw = native::Codec::Raw as isize,
+    #[pyo3(name = "DEFLATE")]
+    Deflate = native::Codec::Deflate as isize,
+    #[pyo3(name = "LZ4")]
+    Lz4 = native::Codec::Lz4 as isize,
+    #[pyo3(name = "BITSHUFFLE_LZ4")]
+    BitshuffleLz4 = native::Codec::BitshuffleLz4 as isize,
+}
+
+impl From<PyCodec> for native::Codec {
+    fn from(c: PyCodec) -> Self {
+        match c {
+            PyCodec::Raw => native::Codec::Raw,
+            PyCodec::Deflate => native::Codec::Deflate,
+            PyCodec::Lz4 => native::Codec::Lz4,
+            PyCodec::BitshuffleLz4 => native::Codec::BitshuffleLz4,
+        }
+    }
+}
+
 /// Start ``threads`` native reading threads filling ``ring`` from ``path``: ``extents`` is a
-/// list of ``(row0, rows, stored_rows, offset, size, codec, elem)``; ``codec`` is 0 for raw
-/// bytes, 1 deflate, 2 the LZ4 filter, 3 bitshuffle with LZ4; ``elem`` is the element size
-/// of a byte shuffle to undo after deflate or LZ4 (0: none), or bitshuffle's element size.
+/// list of ``(row0, rows, stored_rows, offset, size, codec, elem)``; ``codec`` is a
+/// ``_Codec``; ``elem`` is the element size of a byte shuffle to undo after deflate or LZ4
+/// (0: none), or bitshuffle's element size.
 #[pyfunction]
 #[pyo3(signature = (ring, path, row_bytes, n_rows, block_rows, cyclic, extents, threads))]
 #[allow(clippy::too_many_arguments)] // one per Python argument
@@ -29,35 +62,27 @@ pub(crate) fn _native_start(
     n_rows: u64,
     block_rows: u64,
     cyclic: bool,
-    extents: Vec<(u64, u64, u64, u64, u64, u8, usize)>,
+    extents: Vec<(u64, u64, u64, u64, u64, PyCodec, usize)>,
     threads: usize,
 ) -> BResult<()> {
-    let mut ext = Vec::with_capacity(extents.len());
-    for (row0, rows, stored_rows, offset, size, codec, elem) in extents {
-        let codec = match codec {
-            0 => native::Codec::Raw,
-            1 => native::Codec::Deflate { shuffle: elem },
-            2 => native::Codec::Lz4 { shuffle: elem },
-            3 => native::Codec::BitshuffleLz4 { elem },
-            c => {
-                return Err(
-                    Error::InvalidArgument(format!("native read plan: unknown codec {c}")).into(),
-                )
-            }
-        };
-        ext.push(native::Extent {
-            row0,
-            rows,
-            stored_rows,
-            offset,
-            size,
-            codec,
-        });
-    }
+    let ext = extents
+        .into_iter()
+        .map(
+            |(row0, rows, stored_rows, offset, size, codec, elem)| native::Extent {
+                row0,
+                rows,
+                stored_rows,
+                offset,
+                size,
+                codec: codec.into(),
+                elem,
+            },
+        )
+        .collect();
     let r = Arc::clone(ring.get().ring());
-    let filler = enter(py, move || {
+    let filler = enter(py, move || -> native::Result<_> {
         let plan = native::Plan::new(&path, row_bytes, n_rows, block_rows, cyclic, ext)?;
-        native::Filler::start(r, plan, threads)
+        Ok(native::Filler::start(r, plan, threads)?)
     })?;
     ring.get().set_filler(filler)
 }
