@@ -94,7 +94,9 @@ pub struct RecordRef<'a> {
     pub start: u64,
     /// Position just past this record.
     pub end: u64,
-    /// Messages a lossy reader missed (lapped by writers) just before this one.
+    /// Messages a lossy reader missed (lapped by writers) between the last record it
+    /// consumed and this one, however they were noticed (while waiting, screening or
+    /// reading).
     pub missed: u64,
     /// A group claim of a dead member, delivered again.
     pub redelivered: bool,
@@ -525,6 +527,7 @@ impl Queue {
                     &m.waits,
                     &m.blocked_ns,
                     &m.missed,
+                    &m.missed_pending,
                     &m.orphans,
                     &m.redelivered,
                     &m.leases,
@@ -1214,7 +1217,13 @@ impl Queue {
                 continue;
             }
             if cur < oldest || tail - cur > cap {
-                // Lapped: continue from the oldest record still intact.
+                // Lapped: continue from the oldest record still intact, once it is
+                // published. A writer moves the mark before it publishes the record there,
+                // and a record of more than half the capacity can move it onto the tail.
+                tail = h.tail.load(Ordering::Acquire);
+                if oldest >= tail {
+                    break None; // nothing intact to read yet: resync on a later call
+                }
                 let (_, rseq) = self.header_at(oldest);
                 if !self.intact(oldest) {
                     continue;
@@ -1237,7 +1246,7 @@ impl Queue {
             }
             let rec = self.record_from(cur, hdr, tail - cur, Some(seq))?;
             if filter.accepts(rec.sender, rec.typ) {
-                break Some(RecordRef { missed, ..rec });
+                break Some(rec);
             }
             cur = rec.end;
             seq = seq.wrapping_add(1);
@@ -1246,11 +1255,17 @@ impl Queue {
             m.seq.store(seq, Ordering::Relaxed);
             m.cursor.store(cur, Ordering::Release);
         }
+        let mut pending = m.missed_pending.load(Ordering::Relaxed);
         if missed > 0 {
             m.missed.fetch_add(missed, Ordering::Relaxed);
             h.overruns.fetch_add(missed, Ordering::Relaxed);
+            pending = pending.wrapping_add(missed);
+            m.missed_pending.store(pending, Ordering::Relaxed);
         }
-        Ok(result)
+        Ok(result.map(|rec| RecordRef {
+            missed: pending,
+            ..rec
+        }))
     }
 
     /// Pin `pos` for member `id` (a lease): writers do not reuse memory from there on.
@@ -1471,6 +1486,7 @@ impl Queue {
     pub fn consume(&self, id: MemberId, end: u64, seq: u64) -> Result<()> {
         let m = self.member(id.slot)?;
         m.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        m.missed_pending.store(0, Ordering::Relaxed);
         m.cursor.store(end, Ordering::Release);
         m.received.fetch_add(1, Ordering::Relaxed);
         pair(&self.header().space_wait).notify();

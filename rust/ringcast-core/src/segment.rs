@@ -159,7 +159,10 @@ pub struct Member {
     pub redelivered: AtomicU64,
     /// Leases taken by this reader.
     pub leases: AtomicU64,
-    _pad: [AtomicU64; 11],
+    /// Messages this (lossy) reader missed since the last record it consumed: every record
+    /// handed out reports them until one is consumed.
+    pub missed_pending: AtomicU64,
+    _pad: [AtomicU64; 10],
 }
 
 const _: () = assert!(std::mem::size_of::<Member>() == MEMBER_BYTES);

@@ -43,11 +43,9 @@ fn send(q: &Queue, body: &[u8]) -> ringcast_core::Result<u64> {
 /// Copy the next record (validated for lossy readers); returns (seq, body, missed).
 fn recv(q: &Queue, id: MemberId) -> Option<(u64, Vec<u8>, u64)> {
     let f = Filter::default();
-    let mut missed = 0;
     loop {
         let r = q.next_for(id, &f).unwrap()?;
-        let (body, start, end, seq) = (r.body.to_vec(), r.start, r.end, r.seq);
-        missed += r.missed;
+        let (body, start, end, seq, missed) = (r.body.to_vec(), r.start, r.end, r.seq, r.missed);
         if q.is_lossy(id) && !q.intact(start) {
             continue;
         }
@@ -386,4 +384,71 @@ fn large_multi_part_bodies_at_odd_offsets_arrive_intact() {
         let (_, got, _) = recv(&q, r).unwrap();
         assert!(got == body, "body {i} of {len} bytes damaged");
     }
+}
+
+#[test]
+fn a_lossy_reader_never_resyncs_onto_a_record_still_being_written() {
+    // Records of more than half the capacity: reserving the second one moves the
+    // oldest-intact mark to the tail itself, onto a record that is not published yet.
+    let name = uniq("lossy-inflight");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(8192)).unwrap();
+    let lossy = q.join_reader(b"l", true).unwrap();
+    send(&q, &[1u8; 5000]).unwrap();
+    let res = q
+        .reserve(b"w", b"t", 5000, WaitSpec::nowait(), &mut no_check)
+        .unwrap();
+    assert!(q.next_for(lossy, &Filter::default()).unwrap().is_none());
+    // SAFETY: the reservation's body is `len()` writable bytes.
+    unsafe { std::ptr::write_bytes(res.body_ptr(), 2, res.len()) };
+    assert_eq!(res.commit(), 1);
+    let (seq, body, missed) = recv(&q, lossy).unwrap();
+    assert_eq!((seq, missed), (1, 1));
+    assert!(body.iter().all(|&b| b == 2));
+    assert_eq!(q.missed_total(lossy), 1);
+}
+
+#[test]
+fn a_lossy_reader_reports_misses_noticed_while_waiting_or_screening() {
+    let name = uniq("lossy-wait");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(4096)).unwrap();
+    let lossy = q.join_reader(b"l", true).unwrap();
+    for i in 0u64..100 {
+        send(&q, &[i as u8; 100]).unwrap();
+    }
+    // Waiting resyncs the lapped reader; the next record still reports what it missed.
+    assert!(q
+        .wait_readable(lossy, &Filter::default(), WaitSpec::nowait(), &mut no_check)
+        .unwrap());
+    let (seq, _, missed) = recv(&q, lossy).unwrap();
+    assert!(missed > 0);
+    assert_eq!(
+        seq, missed,
+        "the first record delivered is preceded by every miss"
+    );
+    assert_eq!(q.missed_total(lossy), missed);
+    // Screening that ends at the tail keeps the misses for the next record delivered.
+    while recv(&q, lossy).is_some() {}
+    let before = q.missed_total(lossy);
+    for i in 0u64..100 {
+        q.send(
+            b"w",
+            b"other",
+            &[&[i as u8; 100]],
+            WaitSpec::nowait(),
+            &mut no_check,
+        )
+        .unwrap();
+    }
+    let only_t = Filter {
+        types: Some(HashSet::from([b"t".to_vec()])),
+        ..Filter::default()
+    };
+    assert!(q.next_for(lossy, &only_t).unwrap().is_none());
+    let s = send(&q, b"x").unwrap();
+    let rec = q.next_for(lossy, &only_t).unwrap().unwrap();
+    assert_eq!(rec.seq, s);
+    assert!(rec.missed > 0);
+    assert_eq!(rec.missed, q.missed_total(lossy) - before);
 }
