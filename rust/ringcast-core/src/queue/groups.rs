@@ -253,11 +253,4 @@ impl Queue {
             .write_seq()
             .saturating_sub(g.seq.load(Ordering::Relaxed)))
     }
-
-    /// Whether the member is in a consumer group.
-    pub fn is_group_member(&self, id: MemberId) -> bool {
-        self.seg
-            .member(id.slot)
-            .is_some_and(|m| m.kind.load(Ordering::Relaxed) == KIND_GROUP_MEMBER)
-    }
 }

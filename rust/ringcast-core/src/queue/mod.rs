@@ -2,16 +2,16 @@
 //! reader, space reclaimed only once every live reader has passed it.
 //!
 //! Positions are monotonically increasing u64 byte offsets; the ring index is
-//! `pos % ring_size`. How a record lies in the ring is in [`record`]; a record costs
+//! `pos % ring_size`. How a record lies in the ring is in `record.rs`; a record costs
 //! [`record_len`] bytes of the queue's capacity.
 //!
 //! Writers serialise on a lock whose owner is identified by pid and process start time; a
-//! waiter that finds the owner dead takes the lock over ([`lock`]). A writer copies the
+//! waiter that finds the owner dead takes the lock over (`lock.rs`). A writer copies the
 //! record past the published tail and then publishes it with one release store of the new
 //! tail, so a writer killed at any instant never exposes a torn record: the bytes it was
-//! writing stay invisible and are overwritten by the next writer ([`write`]). Readers take
-//! no lock ([`read`]); consumer groups share a cursor ([`groups`]); joining, leaving and
-//! reaping are in [`members`], figures in [`stats`].
+//! writing stay invisible and are overwritten by the next writer (`write.rs`). Readers take
+//! no lock (`read.rs`); consumer groups share a cursor (`groups.rs`); joining, leaving and
+//! reaping are in `members.rs`, figures in `stats.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

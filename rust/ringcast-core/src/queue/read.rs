@@ -181,7 +181,7 @@ impl Queue {
     }
 
     /// Pin `pos` for member `id` (a lease): writers do not reuse memory from there on.
-    /// [`NO_PIN`] releases it. Pin before moving the cursor past `pos`.
+    /// [`NO_PIN`](crate::segment::NO_PIN) releases it. Pin before moving the cursor past `pos`.
     pub fn set_pin(&self, id: MemberId, pos: u64) -> Result<()> {
         let m = self.member(id.slot)?;
         let old = m.pin.swap(pos, Ordering::SeqCst);

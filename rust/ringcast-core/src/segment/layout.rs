@@ -169,7 +169,7 @@ pub const MAX_SLOTS: u32 = 1 << 16;
 pub const SLOT_ALIGN: u64 = 64;
 
 impl Geometry {
-    /// Geometry of a slot ring: `n_slots` slots of `slot_bytes` (rounded up to 64) each,
+    /// Geometry of a slot ring: `n_slots` slots of `slot_bytes` (rounded up to [`SLOT_ALIGN`]) each,
     /// after a page-aligned table of slot metadata.
     pub fn slots(n_slots: u32, slot_bytes: u64, max_members: u32) -> Result<Self> {
         if n_slots == 0 || n_slots > MAX_SLOTS {
@@ -322,9 +322,11 @@ pub(super) fn u32_at(b: &[u8], off: usize) -> u32 {
 
 /// The FNV-1a hash the header checksum uses.
 pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 /// Parse the first [`RAW_HEADER_BYTES`] of a segment, at the offsets of [`Header`].

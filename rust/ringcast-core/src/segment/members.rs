@@ -46,7 +46,7 @@ pub struct Member {
     pub blocked_ns: AtomicU64,
     pub name_len: AtomicU32,
     pub flags: AtomicU32,
-    pub name: [AtomicU64; 5],
+    pub name: [AtomicU64; MEMBER_NAME_BYTES / 8],
     /// The oldest position this member still reads from (a lease or a group claim), or
     /// [`NO_PIN`]. Writers never reuse memory at or after it.
     pub pin: AtomicU64,

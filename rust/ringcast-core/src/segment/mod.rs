@@ -1,6 +1,6 @@
 //! Named POSIX shared-memory segments with a validated header: creating, attaching and
 //! mapping them. What the header holds is in [`layout`], the member table every kind shares
-//! in [`members`], listing, inspecting and removing stale segments in [`inspect`].
+//! in [`members`], listing, inspecting and removing stale segments in [`mod@inspect`].
 //!
 //! Layout of a segment (all offsets in bytes):
 //!

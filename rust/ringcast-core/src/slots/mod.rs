@@ -18,8 +18,8 @@
 //! of slots is a static header field (checked at attach); the task counters are the slot
 //! ring's own words in the header's kind area ([`SlotWords`]).
 //!
-//! Joining and leaving are in [`members`], what workers do in [`work`], what consumers do in
-//! [`take`].
+//! Joining and leaving are in `members.rs`, what workers do in `work.rs`, what consumers do in
+//! `take.rs`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub struct SlotOptions {
     pub mode: u32,
 }
 
-/// [`SlotWords::task_limit`] of a cyclic ring (no limit).
+/// `SlotWords::task_limit` of a cyclic ring (no limit).
 const NO_LIMIT: u64 = u64::MAX;
 
 /// The slot ring's words in the segment header's kind area. Their order keeps the layout
@@ -103,7 +103,7 @@ pub struct SlotWords {
     pub taken: AtomicU64,
     /// The next task number to hand out.
     pub next_task: AtomicU64,
-    /// The number of tasks, or [`NO_LIMIT`] for a cyclic ring.
+    /// The number of tasks, or `u64::MAX` for a cyclic ring.
     pub task_limit: AtomicU64,
 }
 
