@@ -257,7 +257,7 @@ def test_ctrl_c_interrupts_a_blocked_send(shm_name):
         timer.join()
 
 
-LOCK_OFFSET = 216  # Header.lock (see rust/ringcast-core/src/segment.rs)
+LOCK_OFFSET = 216  # LogWords.lock: kind area 192 + 24 (rust/ringcast-core/src/queue/mod.rs)
 
 
 def _start_time(pid: int) -> int:

@@ -1,5 +1,13 @@
-//! ringcast-core: shared-memory segments, process-shared waits, member liveness and the
-//! broadcast log. Pure Rust; the Python bindings live in `ringcast-py`.
+//! ringcast-core: shared-memory segments, process-shared waits, member liveness, the
+//! broadcast log and the slot ring. Pure Rust; the Python bindings live in `ringcast-py`.
+//!
+//! - [`segment`]: named shared-memory segments, their validated header, the member table
+//!   every kind shares, listing and garbage collection.
+//! - [`queue`]: the broadcast log (records, writer lock, members, writing, reading, consumer
+//!   groups, stats).
+//! - [`slots`]: the slot ring filled by workers and leased by consumers.
+//! - [`wait`]: the one blocking-wait helper; [`proc`]: process identity and liveness.
+//! - [`native`]: the native HDF5 read path (extents, codecs, filler).
 
 pub mod error;
 pub mod handle;
@@ -10,5 +18,6 @@ pub mod slots;
 pub mod wait;
 
 pub use error::{Error, Result};
-pub use queue::{Filter, MemberId, Queue, QueueOptions, RecordRef, Stats};
+pub use queue::{Filter, Queue, QueueOptions, RecordRef, Stats};
+pub use segment::MemberId;
 pub use wait::{Deadline, WaitSpec};

@@ -43,14 +43,18 @@ pub fn fork_generation() -> u64 {
     FORK_GEN.load(Ordering::SeqCst)
 }
 
+/// Field number (1-based, see proc(5)) of the state letter in `/proc/<pid>/stat`.
+const STAT_STATE: usize = 3;
+/// Field number of the process start time (clock ticks since boot).
+const STAT_STARTTIME: usize = 22;
+
 /// Parse the state letter and start time out of the text of `/proc/<pid>/stat`.
 fn parse_stat(text: &str) -> Option<(char, u64)> {
     // The command name (field 2) is in parentheses and may itself contain spaces and ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    // field 3 is the state; starttime is field 22, i.e. 19 further on.
-    let start = fields.nth(18)?.parse().ok()?;
+    let start = fields.nth(STAT_STARTTIME - STAT_STATE - 1)?.parse().ok()?;
     Some((state, start))
 }
 

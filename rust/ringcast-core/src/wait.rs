@@ -14,6 +14,16 @@ use crate::error::{Error, Result};
 /// The longest a waiter sleeps before it runs `on_slice` again.
 pub const SLICE: Duration = Duration::from_millis(50);
 
+/// Where no process-shared futex exists, the longest a waiter sleeps before it looks again.
+#[cfg(not(target_os = "linux"))]
+const POLL: Duration = Duration::from_micros(200);
+
+/// Spin-loop hints between two attempts while spinning.
+const SPINS_PER_ATTEMPT: u32 = 64;
+
+/// Attempts between two looks at the clock while spinning.
+const ATTEMPTS_PER_CLOCK: u32 = 16;
+
 /// A futex word and the count of processes sleeping on it.
 pub struct WaitPair<'a> {
     pub word: &'a AtomicU32,
@@ -54,7 +64,7 @@ fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) {
     {
         // Bounded poll where no process-shared futex is available.
         let _ = (word, seen);
-        std::thread::sleep(timeout.min(Duration::from_micros(200)));
+        std::thread::sleep(timeout.min(POLL));
     }
 }
 
@@ -131,14 +141,16 @@ pub fn block_on<T>(
         let spin_end = Instant::now() + spec.spin;
         let mut i = 0u32;
         loop {
-            for _ in 0..64 {
+            for _ in 0..SPINS_PER_ATTEMPT {
                 std::hint::spin_loop();
             }
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
             i = i.wrapping_add(1);
-            if i.is_multiple_of(16) && (Instant::now() >= spin_end || spec.deadline.expired()) {
+            if i.is_multiple_of(ATTEMPTS_PER_CLOCK)
+                && (Instant::now() >= spin_end || spec.deadline.expired())
+            {
                 break;
             }
         }

@@ -5,69 +5,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
-use ringcast_core::segment::{self, M_FREE, M_ORPHAN, NO_PIN};
+use ringcast_core::segment::{M_FREE, M_ORPHAN, NO_PIN};
 use ringcast_core::wait::no_check;
-use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec};
+use ringcast_core::{Deadline, Error, Filter, Queue, WaitSpec};
 
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::AtomicU32;
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "rc-test3-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+mod common;
 
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = segment::unlink(&self.0);
-    }
-}
-
-fn opts(capacity: u64) -> QueueOptions {
-    QueueOptions {
-        capacity,
-        max_members: 8,
-        align: 8,
-        mode: 0o600,
-    }
-}
-
-fn send(q: &Queue, body: &[u8]) -> ringcast_core::Result<u64> {
-    q.send(b"w", b"t", &[body], WaitSpec::nowait(), &mut no_check)
-}
-
-/// Copy the next record (validated for lossy readers); returns (seq, body, missed).
-fn recv(q: &Queue, id: MemberId) -> Option<(u64, Vec<u8>, u64)> {
-    let f = Filter::default();
-    let mut missed = 0;
-    loop {
-        let r = q.next_for(id, &f).unwrap()?;
-        let (body, start, end, seq) = (r.body.to_vec(), r.start, r.end, r.seq);
-        missed += r.missed;
-        if q.is_lossy(id) && !q.intact(start) {
-            continue;
-        }
-        q.consume(id, end, seq).unwrap();
-        return Some((seq, body, missed));
-    }
-}
-
-fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
+use common::*;
 
 #[test]
 fn a_pin_holds_writers_back_until_released() {
     let name = uniq("pin");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let r = q.join(KIND_READER, b"r").unwrap();
     send(&q, &[7u8; 200]).unwrap();
     let rec = q.next_for(r, &Filter::default()).unwrap().unwrap();
@@ -81,7 +31,7 @@ fn a_pin_holds_writers_back_until_released() {
         match send(&q, &[9u8; 200]) {
             Ok(_) => {
                 n += 1;
-                let _ = recv(&q, r).unwrap();
+                let _ = recv_msg(&q, r).unwrap();
             }
             Err(Error::Full { .. }) => break,
             Err(e) => panic!("{e}"),
@@ -97,7 +47,7 @@ fn a_pin_holds_writers_back_until_released() {
     q.set_pin(r, NO_PIN).unwrap();
     for _ in 0..100 {
         send(&q, &[9u8; 200]).unwrap();
-        recv(&q, r).unwrap();
+        recv_msg(&q, r).unwrap();
     }
 }
 
@@ -105,18 +55,18 @@ fn a_pin_holds_writers_back_until_released() {
 fn a_lossy_reader_never_holds_back_writers_and_counts_what_it_missed() {
     let name = uniq("lossy");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let lossy = q.join_reader(b"live view", true).unwrap();
     for i in 0u64..1000 {
         send(&q, &i.to_le_bytes()).unwrap();
     }
-    let (seq, body, missed) = recv(&q, lossy).unwrap();
+    let (seq, body, missed) = recv_msg(&q, lossy).unwrap();
     assert!(missed >= 1000 - 4096 / 32, "missed {missed}");
     assert_eq!(seq, missed);
     assert_eq!(u64::from_le_bytes(body.try_into().unwrap()), seq);
     // Then every remaining message, in order, without further misses.
     let mut expect = seq + 1;
-    while let Some((s, b, m)) = recv(&q, lossy) {
+    while let Some((s, b, m)) = recv_msg(&q, lossy) {
         assert_eq!((s, m), (expect, 0));
         assert_eq!(u64::from_le_bytes(b.try_into().unwrap()), s);
         expect += 1;
@@ -130,14 +80,14 @@ fn a_lossy_reader_never_holds_back_writers_and_counts_what_it_missed() {
         sent += 1;
     }
     assert!((40..60).contains(&sent), "{sent}");
-    assert_eq!(recv(&q, normal).unwrap().2, 0);
+    assert_eq!(recv_msg(&q, normal).unwrap().2, 0);
 }
 
 #[test]
 fn a_lossy_reader_lapped_mid_stream_sees_only_intact_records() {
     let name = uniq("lossy2");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(8192)).unwrap();
+    let q = Queue::create(&name, opts(8192, 8)).unwrap();
     let lossy = q.join_reader(b"l", true).unwrap();
     let w = std::sync::Arc::clone(&q);
     let writer = std::thread::spawn(move || {
@@ -150,7 +100,7 @@ fn a_lossy_reader_lapped_mid_stream_sees_only_intact_records() {
     });
     let (mut last, mut got, mut missed_total) = (None::<u64>, 0u64, 0u64);
     loop {
-        match recv(&q, lossy) {
+        match recv_msg(&q, lossy) {
             Some((s, b, m)) => {
                 let i = u64::from_le_bytes(b[..8].try_into().unwrap());
                 assert_eq!(i, s);
@@ -166,7 +116,7 @@ fn a_lossy_reader_lapped_mid_stream_sees_only_intact_records() {
                 got += 1;
             }
             None if writer.is_finished() => {
-                if recv(&q, lossy).is_none() {
+                if recv_msg(&q, lossy).is_none() {
                     break;
                 }
             }
@@ -182,7 +132,7 @@ fn a_lossy_reader_lapped_mid_stream_sees_only_intact_records() {
 fn a_group_delivers_each_message_once_and_other_readers_get_all() {
     let name = uniq("group");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(1 << 16)).unwrap();
+    let q = Queue::create(&name, opts(1 << 16, 8)).unwrap();
     let a = q.join_group(b"a", b"workers").unwrap();
     let b = q.join_group(b"b", b"workers").unwrap();
     let solo = q.join(KIND_READER, b"solo").unwrap();
@@ -207,7 +157,7 @@ fn a_group_delivers_each_message_once_and_other_readers_get_all() {
     }
     assert_eq!(seen.len(), 100);
     let mut solo_n = 0;
-    while recv(&q, solo).is_some() {
+    while recv_msg(&q, solo).is_some() {
         solo_n += 1;
     }
     assert_eq!(solo_n, 100);
@@ -220,7 +170,7 @@ fn a_group_delivers_each_message_once_and_other_readers_get_all() {
 fn a_group_holds_writers_back_and_a_dead_members_claim_is_redelivered() {
     let name = uniq("group2");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let a = q.join_group(b"a", b"g").unwrap();
     let b = q.join_group(b"b", b"g").unwrap();
     let mut sent = 0u64;
@@ -281,7 +231,7 @@ fn a_group_holds_writers_back_and_a_dead_members_claim_is_redelivered() {
 fn a_group_whose_members_all_died_is_reaped_and_its_claims_counted_lost() {
     let name = uniq("group3");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let a = q.join_group(b"a", b"g").unwrap();
     while send(&q, &[0u8; 64]).is_ok() {}
     q.group_next(a).unwrap().unwrap();
@@ -300,7 +250,7 @@ fn a_group_whose_members_all_died_is_reaped_and_its_claims_counted_lost() {
 fn a_group_wait_reports_shutdown_once_drained() {
     let name = uniq("group4");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let a = q.join_group(b"a", b"g").unwrap();
     send(&q, b"x").unwrap();
     let spec = WaitSpec {
@@ -320,7 +270,7 @@ fn a_group_wait_reports_shutdown_once_drained() {
 fn a_reservation_publishes_only_on_commit() {
     let name = uniq("reserve");
     let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096)).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let _h = q.join(KIND_HANDLE, b"w").unwrap();
     let r = q.join(KIND_READER, b"r").unwrap();
     let res = q
@@ -328,14 +278,14 @@ fn a_reservation_publishes_only_on_commit() {
         .unwrap();
     // SAFETY: the reservation's body is 100 writable bytes.
     unsafe { std::ptr::write_bytes(res.body_ptr(), 3, 100) };
-    assert!(recv(&q, r).is_none(), "nothing visible before commit");
+    assert!(recv_msg(&q, r).is_none(), "nothing visible before commit");
     assert!(matches!(
         q.try_send(b"w", b"", &[b"x"]),
         Err(Error::Busy(_))
     ));
     drop(res);
     assert!(
-        recv(&q, r).is_none(),
+        recv_msg(&q, r).is_none(),
         "an aborted reservation publishes nothing"
     );
     let res = q
@@ -344,7 +294,7 @@ fn a_reservation_publishes_only_on_commit() {
     // SAFETY: as above.
     unsafe { std::ptr::write_bytes(res.body_ptr(), 5, 100) };
     assert_eq!(res.commit(), 0);
-    let (seq, body, _) = recv(&q, r).unwrap();
+    let (seq, body, _) = recv_msg(&q, r).unwrap();
     assert_eq!((seq, body), (0, vec![5u8; 100]));
     assert!(matches!(
         q.reserve(b"w", b"", 5000, WaitSpec::nowait(), &mut no_check),
@@ -356,7 +306,7 @@ fn a_reservation_publishes_only_on_commit() {
 fn large_multi_part_bodies_at_odd_offsets_arrive_intact() {
     let name = uniq("big");
     let _c = Cleanup(name.clone());
-    let mut o = opts(4 << 20);
+    let mut o = opts(4 << 20, 8);
     o.align = 1; // odd offsets: the streaming copy starts unaligned
     let q = Queue::create(&name, o).unwrap();
     let r = q.join(KIND_READER, b"r").unwrap();
@@ -383,7 +333,74 @@ fn large_multi_part_bodies_at_odd_offsets_arrive_intact() {
             &mut no_check,
         )
         .unwrap();
-        let (_, got, _) = recv(&q, r).unwrap();
+        let (_, got, _) = recv_msg(&q, r).unwrap();
         assert!(got == body, "body {i} of {len} bytes damaged");
     }
+}
+
+#[test]
+fn a_lossy_reader_never_resyncs_onto_a_record_still_being_written() {
+    // Records of more than half the capacity: reserving the second one moves the
+    // oldest-intact mark to the tail itself, onto a record that is not published yet.
+    let name = uniq("lossy-inflight");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(8192, 8)).unwrap();
+    let lossy = q.join_reader(b"l", true).unwrap();
+    send(&q, &[1u8; 5000]).unwrap();
+    let res = q
+        .reserve(b"w", b"t", 5000, WaitSpec::nowait(), &mut no_check)
+        .unwrap();
+    assert!(q.next_for(lossy, &Filter::default()).unwrap().is_none());
+    // SAFETY: the reservation's body is `len()` writable bytes.
+    unsafe { std::ptr::write_bytes(res.body_ptr(), 2, res.len()) };
+    assert_eq!(res.commit(), 1);
+    let (seq, body, missed) = recv_msg(&q, lossy).unwrap();
+    assert_eq!((seq, missed), (1, 1));
+    assert!(body.iter().all(|&b| b == 2));
+    assert_eq!(q.missed_total(lossy), 1);
+}
+
+#[test]
+fn a_lossy_reader_reports_misses_noticed_while_waiting_or_screening() {
+    let name = uniq("lossy-wait");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
+    let lossy = q.join_reader(b"l", true).unwrap();
+    for i in 0u64..100 {
+        send(&q, &[i as u8; 100]).unwrap();
+    }
+    // Waiting resyncs the lapped reader; the next record still reports what it missed.
+    assert!(q
+        .wait_readable(lossy, &Filter::default(), WaitSpec::nowait(), &mut no_check)
+        .unwrap());
+    let (seq, _, missed) = recv_msg(&q, lossy).unwrap();
+    assert!(missed > 0);
+    assert_eq!(
+        seq, missed,
+        "the first record delivered is preceded by every miss"
+    );
+    assert_eq!(q.missed_total(lossy), missed);
+    // Screening that ends at the tail keeps the misses for the next record delivered.
+    while recv_msg(&q, lossy).is_some() {}
+    let before = q.missed_total(lossy);
+    for i in 0u64..100 {
+        q.send(
+            b"w",
+            b"other",
+            &[&[i as u8; 100]],
+            WaitSpec::nowait(),
+            &mut no_check,
+        )
+        .unwrap();
+    }
+    let only_t = Filter {
+        types: Some(HashSet::from([b"t".to_vec()])),
+        ..Filter::default()
+    };
+    assert!(q.next_for(lossy, &only_t).unwrap().is_none());
+    let s = send(&q, b"x").unwrap();
+    let rec = q.next_for(lossy, &only_t).unwrap().unwrap();
+    assert_eq!(rec.seq, s);
+    assert!(rec.missed > 0);
+    assert_eq!(rec.missed, q.missed_total(lossy) - before);
 }

@@ -1,50 +1,15 @@
 //! The slot ring: claim-before-task, ordered and unordered delivery, errors, dead workers.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringcast_core::segment;
-use ringcast_core::slots::{
-    Claim, SlotOptions, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER, SLOT_FREE,
-};
+use ringcast_core::slots::{Claim, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER, SLOT_FREE};
 use ringcast_core::wait::no_check;
-use ringcast_core::{Deadline, Error, Queue, WaitSpec};
+use ringcast_core::{Error, Queue};
 
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::AtomicU32;
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "rc-slots-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+mod common;
 
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = segment::unlink(&self.0);
-    }
-}
-
-fn wait(secs: u64) -> WaitSpec {
-    WaitSpec {
-        deadline: Deadline::after(Some(Duration::from_secs(secs))),
-        spin: Duration::from_micros(10),
-    }
-}
-
-fn opts(n_slots: u32, tasks: Option<u64>) -> SlotOptions {
-    SlotOptions {
-        n_slots,
-        slot_bytes: 100,
-        tasks,
-        max_members: 8,
-        mode: 0o600,
-    }
-}
+use common::*;
 
 /// A worker thread: fills each task's slot with the task number, sleeping a little (longer
 /// for some tasks, so they complete out of order).
@@ -86,7 +51,7 @@ fn read_task(ring: &SlotRing, slot: u32) -> u64 {
 fn ordered_delivery_with_few_slots_never_deadlocks() {
     let name = uniq("ordered");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(2, Some(60))).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(2, Some(60))).unwrap();
     let me = ring.join(KIND_CONSUMER, b"c").unwrap();
     let workers: Vec<_> = (0..3).map(|_| worker(Arc::clone(&ring))).collect();
     for want in 0..60u64 {
@@ -113,7 +78,7 @@ fn ordered_delivery_with_few_slots_never_deadlocks() {
 fn unordered_delivery_gives_every_task_once() {
     let name = uniq("unordered");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(3, Some(50))).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(3, Some(50))).unwrap();
     let workers: Vec<_> = (0..2).map(|_| worker(Arc::clone(&ring))).collect();
     let mut seen = vec![];
     loop {
@@ -138,7 +103,7 @@ fn unordered_delivery_gives_every_task_once() {
 fn an_error_record_reaches_the_consumer() {
     let name = uniq("error");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(2, Some(1))).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(2, Some(1))).unwrap();
     let w = ring.join(KIND_WORKER, b"w").unwrap();
     let Claim::Slot(slot, 0) = ring.claim(w, wait(1), &mut no_check).unwrap() else {
         panic!("no slot");
@@ -161,18 +126,11 @@ fn an_error_record_reaches_the_consumer() {
     );
 }
 
-fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
-
 #[test]
 fn a_worker_that_died_holding_a_slot_fails_the_wait() {
     let name = uniq("dead");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(2, Some(5))).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(2, Some(5))).unwrap();
     let w = ring.join(KIND_WORKER, b"w").unwrap();
     let Claim::Slot(_, 0) = ring.claim(w, wait(1), &mut no_check).unwrap() else {
         panic!("no slot");
@@ -191,7 +149,7 @@ fn a_worker_that_died_holding_a_slot_fails_the_wait() {
 fn stop_ends_workers_and_drains_consumers() {
     let name = uniq("stop");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(2, None)).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(2, None)).unwrap();
     assert_eq!(ring.tasks(), None);
     let workers: Vec<_> = (0..2).map(|_| worker(Arc::clone(&ring))).collect();
     let mut seen = 0;
@@ -218,13 +176,13 @@ fn stop_ends_workers_and_drains_consumers() {
 fn kinds_and_arguments_are_checked() {
     let name = uniq("kinds");
     let _c = Cleanup(name.clone());
-    let _ring = SlotRing::create(&name, opts(4, Some(1))).unwrap();
+    let _ring = SlotRing::create(&name, slot_opts(4, Some(1))).unwrap();
     assert!(matches!(Queue::attach(&name), Err(Error::Corrupt { .. })));
     let again = SlotRing::attach(&name).unwrap();
     assert_eq!((again.n_slots(), again.slot_bytes()), (4, 128));
     for bad in [0u32, 1 << 17] {
         assert!(matches!(
-            SlotRing::create(&uniq("bad"), opts(bad, None)),
+            SlotRing::create(&uniq("bad"), slot_opts(bad, None)),
             Err(Error::InvalidArgument(_))
         ));
     }
@@ -241,7 +199,7 @@ fn kinds_and_arguments_are_checked() {
 fn a_finished_ring_is_recycled_only_when_nothing_uses_it() {
     let name = uniq("recycle");
     let _c = Cleanup(name.clone());
-    let ring = SlotRing::create(&name, opts(3, Some(10))).unwrap();
+    let ring = SlotRing::create(&name, slot_opts(3, Some(10))).unwrap();
     let me = ring.join(KIND_CONSUMER, b"c").unwrap();
     let w = worker(Arc::clone(&ring));
     let mut kept = None;

@@ -1,53 +1,20 @@
+//! The broadcast log: sending and receiving, full and oversized messages, wrapping, slow
+//! and dead readers, writer-lock recovery, screening, wake-ups, and a model-based property
+//! test.
+
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use ringcast_core::queue::{record_len, KIND_HANDLE, KIND_READER};
-use ringcast_core::segment::{self, KIND_BROADCAST};
 use ringcast_core::wait::no_check;
-use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, QueueOptions, WaitSpec};
+use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, WaitSpec};
 
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::AtomicU32;
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "rc-test-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+mod common;
 
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = segment::unlink(&self.0);
-    }
-}
-
-fn opts(capacity: u64, align: u32) -> QueueOptions {
-    QueueOptions {
-        capacity,
-        max_members: 8,
-        align,
-        mode: 0o600,
-    }
-}
-
-fn send(q: &Queue, body: &[u8]) -> ringcast_core::Result<u64> {
-    q.send(b"w", b"t", &[body], WaitSpec::nowait(), &mut no_check)
-}
-
-fn recv(q: &Queue, id: MemberId) -> Option<Vec<u8>> {
-    let f = Filter::default();
-    let r = q.next_for(id, &f).unwrap()?;
-    let (body, end, seq) = (r.body.to_vec(), r.end, r.seq);
-    q.consume(id, end, seq).unwrap();
-    Some(body)
-}
+use common::*;
 
 #[test]
 fn create_attach_send_recv_and_unlink_at_last_leave() {
@@ -159,13 +126,13 @@ fn a_lock_held_by_a_dead_process_is_recovered() {
     let dead_pid = child.id();
     child.wait().unwrap();
     let h = q.segment().header();
-    h.lock
-        .store((12345u64 << 32) | u64::from(dead_pid), Ordering::SeqCst);
+    let lock = &q.log_words().lock;
+    lock.store((12345u64 << 32) | u64::from(dead_pid), Ordering::SeqCst);
     let t0 = Instant::now();
     send(&q, b"after recovery").unwrap();
     assert!(t0.elapsed() < Duration::from_secs(1));
     assert_eq!(h.lock_recoveries.load(Ordering::SeqCst), 1);
-    assert_eq!(h.lock.load(Ordering::SeqCst), 0);
+    assert_eq!(lock.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -226,139 +193,6 @@ fn blocked_reader_is_woken_by_a_writer_thread() {
         q.wait_readable(r, &Filter::default(), spec, &mut no_check),
         Err(Error::ShutDown(_))
     ));
-}
-
-fn write_raw(name: &str, bytes: &[u8]) -> Cleanup {
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(format!("/dev/shm/{name}"))
-        .unwrap();
-    f.write_all(bytes).unwrap();
-    Cleanup(name.to_owned())
-}
-
-#[test]
-fn attaching_to_garbage_is_an_error_not_a_crash() {
-    let name = uniq("garbage");
-    // empty, short, random, zero header, wrong magic
-    let cases: Vec<Vec<u8>> = vec![
-        vec![],
-        vec![1, 2, 3],
-        (0..20000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect(),
-        vec![0u8; 8192],
-        b"NOTRCAST"
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(0, 8184))
-            .collect(),
-    ];
-    for (i, bytes) in cases.iter().enumerate() {
-        let n = format!("{name}-{i}");
-        let _c = write_raw(&n, bytes);
-        match Queue::attach(&n) {
-            Err(Error::Corrupt { .. }) => {}
-            Err(e) => panic!("case {i}: unexpected error {e}"),
-            Ok(_) => panic!("case {i}: garbage accepted"),
-        }
-    }
-}
-
-#[test]
-fn truncated_or_altered_real_segments_are_rejected() {
-    let name = uniq("trunc");
-    let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(8192, 8)).unwrap();
-    let real = std::fs::read(format!("/dev/shm/{name}")).unwrap();
-    drop(q);
-    let mut k = 0;
-    let mut check = |bytes: Vec<u8>| {
-        let n = format!("{name}-{k}");
-        k += 1;
-        let _c = write_raw(&n, &bytes);
-        assert!(
-            matches!(Queue::attach(&n), Err(Error::Corrupt { .. })),
-            "accepted altered copy {k}"
-        );
-    };
-    for cut in [4096, real.len() - 4096, real.len() - 1] {
-        check(real[..cut].to_vec());
-    }
-    for off in [8, 12, 16, 24, 32, 40, 48, 52, 56, 64, 72, 80] {
-        let mut b = real.clone();
-        b[off] ^= 0x55;
-        b[off + 3] ^= 0x11;
-        check(b);
-    }
-    assert!(matches!(
-        ringcast_core::segment::Segment::attach(&name, 99),
-        Err(Error::Corrupt { .. })
-    ));
-    let _ = KIND_BROADCAST;
-}
-
-#[test]
-fn corrupt_records_and_cursors_are_reported() {
-    let name = uniq("corrupt");
-    let _c = Cleanup(name.clone());
-    let q = Queue::create(&name, opts(4096, 8)).unwrap();
-    let r = q.join(KIND_READER, b"r").unwrap();
-    send(&q, b"hello").unwrap();
-    // a hostile process makes the record claim a huge body
-    // SAFETY: test writes into its own mapping.
-    unsafe { std::ptr::write_unaligned(q.segment().ring_at(0) as *mut u32, u32::MAX) };
-    assert!(matches!(
-        q.next_for(r, &Filter::default()),
-        Err(Error::Corrupt { .. })
-    ));
-    q.segment()
-        .member(r.slot)
-        .unwrap()
-        .cursor
-        .store(1 << 50, Ordering::Relaxed);
-    assert!(matches!(
-        q.next_for(r, &Filter::default()),
-        Err(Error::Corrupt { .. })
-    ));
-    let _ = send(&q, &[0u8; 2000]);
-    assert!(
-        matches!(send(&q, &[0u8; 3000]), Err(Error::Corrupt { .. })),
-        "a writer re-reading cursors notices"
-    );
-    // a write position no real queue can reach is refused, not wrapped around
-    q.segment()
-        .header()
-        .tail
-        .store(u64::MAX - 3, Ordering::Relaxed);
-    assert!(matches!(send(&q, b"x"), Err(Error::Corrupt { .. })));
-}
-
-#[test]
-fn bad_arguments() {
-    assert!(matches!(
-        Queue::create("", opts(10, 8)),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        Queue::create("a/b", opts(10, 8)),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        Queue::create(&uniq("x"), opts(10, 3)),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        Queue::create(&uniq("x"), opts(1 << 41, 8)),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        Queue::attach(&uniq("missing")),
-        Err(Error::NotFound(_))
-    ));
-    assert_eq!(record_len(1, 2, 3, 4), 25);
-    assert_eq!(record_len(8, 2, 3, 4), 32);
 }
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,156 @@
+//! Looking at segments without mapping them: `ringcast ls` (listing and inspecting),
+//! recognising what a dead creator or dead members left behind, and `ringcast gc`.
+
+use std::mem::offset_of;
+use std::time::Duration;
+
+use rustix::fs::{fstat, Mode};
+use rustix::shm;
+
+use super::layout::{
+    read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader, HEADER_PAGE, MAGIC,
+    MEMBER_BYTES,
+};
+use super::members::{Member, KIND_GROUP, M_FREE};
+use super::{errno_to, now_unix_ns, shm_path, unlink};
+use crate::error::{Error, Result};
+use crate::proc;
+
+/// How old a segment without live members must be before it counts as stale while its
+/// creator still runs (a creator may not have joined yet).
+pub const STALE_AGE: Duration = Duration::from_secs(5);
+
+/// Where shared-memory objects appear as files.
+const SHM_DIR: &str = "/dev/shm";
+
+/// What `ringcast ls` shows of a segment, read without mapping it.
+#[derive(Clone, Debug)]
+pub struct SegmentInfo {
+    pub name: String,
+    pub raw: RawHeader,
+    pub size: u64,
+    pub members_alive: u32,
+    pub members_dead: u32,
+}
+
+impl SegmentInfo {
+    /// Whether nothing alive uses the segment any more (safe to remove).
+    pub fn is_stale(&self) -> bool {
+        if self.members_alive > 0 {
+            return false;
+        }
+        let creator_alive = proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
+        let age = now_unix_ns().saturating_sub(self.raw.created_unix_ns);
+        !creator_alive || u128::from(age) > STALE_AGE.as_nanos()
+    }
+}
+
+/// Inspect a segment by name without mapping it (read-only).
+pub fn inspect(name: &str) -> Result<SegmentInfo> {
+    let path = shm_path(name)?;
+    let bare = path[1..].to_owned();
+    let fd = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty())
+        .map_err(|e| errno_to("open", &bare, e))?;
+    let geo = read_geometry(&bare, &fd, Duration::ZERO)?;
+    let raw = read_raw(&fd, geo.total_size)
+        .map_err(|e| Error::os("read", &bare, e))?
+        .ok_or_else(|| Error::corrupt(&bare, "its header went away while it was read"))?;
+    let mut table = vec![0u8; MEMBER_BYTES * geo.max_members as usize];
+    read_exact_at(&fd, &mut table, HEADER_PAGE as u64).map_err(|e| Error::os("read", &bare, e))?;
+    let (mut alive, mut dead) = (0, 0);
+    for slot in table.chunks_exact(MEMBER_BYTES) {
+        let state = u32_at(slot, offset_of!(Member, state));
+        if state == M_FREE || u32_at(slot, offset_of!(Member, kind)) == KIND_GROUP {
+            continue;
+        }
+        let pid = u32_at(slot, offset_of!(Member, pid));
+        if proc::alive(pid, u64_at(slot, offset_of!(Member, start)), u64::MAX) {
+            alive += 1;
+        } else {
+            dead += 1;
+        }
+    }
+    Ok(SegmentInfo {
+        name: bare,
+        raw,
+        size: geo.total_size,
+        members_alive: alive,
+        members_dead: dead,
+    })
+}
+
+/// Whether `name` is what a creator killed mid-creation leaves behind: a header whose magic
+/// was never written, whose other static fields check out, and whose recorded creator is
+/// dead. Anything else (including foreign objects) is not touched.
+pub fn is_abandoned_creation(name: &str) -> bool {
+    let Ok(path) = shm_path(name) else {
+        return false;
+    };
+    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else {
+        return false;
+    };
+    let Ok(st) = fstat(&fd) else { return false };
+    let Ok(Some(raw)) = read_raw(&fd, st.st_size as u64) else {
+        return false;
+    };
+    // A creator writes every static field and the checksum (computed with the magic in
+    // place) before the magic itself: only an object whose fields check out that way, and
+    // whose creator is dead, is a ringcast creation that died half-way.
+    raw.magic == 0
+        && raw.sealed_without_magic
+        && raw.creator_pid != 0
+        && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
+}
+
+/// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).
+pub fn list_names() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return out;
+    };
+    for ent in dir.flatten() {
+        let Ok(ft) = ent.file_type() else { continue };
+        if !ft.is_file() {
+            continue;
+        }
+        let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with("sem.") {
+            continue;
+        }
+        let mut magic = [0u8; 8];
+        let ok = std::fs::File::open(ent.path()).and_then(|f| {
+            std::os::unix::fs::FileExt::read_exact_at(
+                &f,
+                &mut magic,
+                offset_of!(Header, magic) as u64,
+            )
+        });
+        if ok.is_ok() && u64::from_ne_bytes(magic) == MAGIC {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died).
+/// Returns true if it was removed.
+pub fn remove_if_stale(name: &str) -> bool {
+    match inspect(name) {
+        Ok(info) if info.is_stale() => unlink(name).is_ok(),
+        Ok(_) => false,
+        Err(Error::Corrupt { .. }) if is_abandoned_creation(name) => unlink(name).is_ok(),
+        Err(Error::NotFound(_)) => true,
+        Err(_) => false,
+    }
+}
+
+/// Remove every ringcast segment whose members are all dead. Returns the names removed.
+pub fn gc() -> Vec<String> {
+    list_names()
+        .into_iter()
+        .filter(|n| remove_if_stale(n))
+        .collect()
+}
