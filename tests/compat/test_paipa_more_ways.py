@@ -21,11 +21,11 @@ import time
 import types
 
 import pytest
-from test_pipeline import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
 
 from ringcast import pipeline as paipa
+from tests.pipeline.test_pipeline import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
 
-SEED = pathlib.Path(__file__).resolve().parents[1].parent / "shared/seeds/paipa-more-ways.rst"
+SEED = pathlib.Path(__file__).resolve().parents[3] / "shared/seeds/paipa-more-ways.rst"
 
 IMPORT_CHANGE = ("import paipa", "from ringcast import pipeline as paipa")
 
