@@ -23,7 +23,7 @@ import types
 import pytest
 
 from ringcast import pipeline as paipa
-from tests.pipeline.test_pipeline import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
+from tests.pipeline.support import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
 
 SEED = pathlib.Path(__file__).resolve().parents[3] / "shared/seeds/paipa-more-ways.rst"
 
