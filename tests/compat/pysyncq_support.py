@@ -224,7 +224,7 @@ def child_multi_writer(q, idx, nmsg, seed, total, out, go):
         if not go.wait(JOIN_S):
             raise RuntimeError("no go")
         bodies = mw_bodies(idx, nmsg, seed)
-        got = []
+        got: list[tuple] = []
         sent = 0
         deadline = time.monotonic() + 40
         while len(got) < total:

@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 import types
+from typing import Any
 
 import pytest
 
@@ -153,7 +154,7 @@ def test_the_copies_match_the_seed_page():
 
 def test_put_put_all_finish_run():
     ping = Ping()
-    ns = {
+    ns: dict[str, Any] = {
         "pipeline": paipa.Pipeline([(ping.step(), 4)]),
         "url": "http://a",
         "list_of_urls": [f"http://{i}" for i in range(50)],
@@ -164,7 +165,7 @@ def test_put_put_all_finish_run():
 
 def test_put_iterable_run():
     ping = Ping()
-    ns = {
+    ns: dict[str, Any] = {
         "pipeline": paipa.Pipeline([(ping.step(), 4)]),
         "generator_of_urls": (f"http://{i}" for i in range(200)),
     }

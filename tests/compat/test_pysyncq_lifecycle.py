@@ -326,7 +326,7 @@ def test_start_methods(res, shm_name, method):
     q.open("parent")
     go.set()
     q.append("hello", "from parent")
-    got = []
+    got: list[tuple] = []
     deadline = time.monotonic() + JOIN_S
     while len(got) < 2 and time.monotonic() < deadline:
         m = q.pop(block=True, timer=0.5)
@@ -417,7 +417,7 @@ def test_multi_writer_total_order(res, shm_name):
     assert {get_result(out)[1] for _ in kids} == set(range(nw))
     q.open("reader")
     go.set()
-    got = []
+    got: list[tuple] = []
     deadline = time.monotonic() + 40
     while len(got) < total and time.monotonic() < deadline:
         m = q.pop(block=True, timer=0.2)

@@ -33,7 +33,8 @@ def test_iteration_drains_without_blocking(res, shm_name):
     r.open("r")
     for k in range(3):
         w.append("t", k)
-    got, exhausted = [], False
+    got: list[tuple] = []
+    exhausted: bool | str = False
     t0 = time.monotonic()
     for m in r:
         got.append(m)
@@ -225,7 +226,9 @@ def test_two_threads_popping_one_instance_share_the_messages(res, shm_name):
     w.open("w")
     r.open("r")
     n = 400
-    outs, errors, stop = ([], []), [], threading.Event()
+    outs: tuple[list[int], list[int]] = ([], [])
+    errors: list[BaseException] = []
+    stop = threading.Event()
 
     def popper(out):
         try:
@@ -303,7 +306,7 @@ def _child_hammer(q, idx, seconds, out):
     """Blocking appends with short timers on a crowded ring; count the outcomes."""
     try:
         q.open(f"h{idx}")
-        kinds = collections.Counter()
+        kinds: collections.Counter[str] = collections.Counter()
         end = time.monotonic() + seconds
         k = 0
         while time.monotonic() < end:
@@ -332,7 +335,7 @@ def test_contended_blocking_append_raises_only_memoryerror(res, shm_name):
     q = res.q(shm_name, size=400)
     out = FORK.Queue()
     kids = [res.start(FORK, _child_hammer, q, i, 1.0, out) for i in range(4)]
-    merged = collections.Counter()
+    merged: collections.Counter[str] = collections.Counter()
     for _ in kids:
         merged.update(get_result(out)[2])
     for p in kids:

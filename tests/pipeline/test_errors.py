@@ -51,7 +51,7 @@ def make_flaky(fail_times, attempts):
 @pytest.mark.parametrize("feed", ["put_all", "put_iterable"])
 def test_transient_failures_are_retried_and_never_lost(feed):
     # paipa, 1 worker: retries queued behind the end marker, 0 of 40 delivered.
-    attempts = {}
+    attempts: dict[int, int] = {}
     out = Collect()
     p = Pipeline([(make_flaky(1, attempts), 1), (out.step(), 1)])
     if feed == "put_all":
@@ -69,7 +69,7 @@ def test_transient_failures_are_retried_and_never_lost(feed):
 
 @pytest.mark.parametrize("max_retries", [0, 1, 3])
 def test_retries_are_counted_exactly_then_the_exception_is_raised(max_retries):
-    attempts = {}
+    attempts: dict[int, int] = {}
     out = Collect()
     p = Pipeline(
         [(make_flaky(100, attempts), 1), (out.step(), 1)],
@@ -90,7 +90,7 @@ def test_retries_are_counted_exactly_then_the_exception_is_raised(max_retries):
 
 
 def test_default_max_retries_is_ten():
-    attempts = {}
+    attempts: dict[int, int] = {}
     p = Pipeline([(make_flaky(100, attempts), 1)])
     p.put(0)
     p.finish()
@@ -374,7 +374,7 @@ def test_downstream_failure_with_in_queue_then_stop_never_hangs():
             raise RuntimeError(f"crash on {x}")
             yield x
 
-    q = queue.Queue()
+    q: queue.Queue = queue.Queue()
     p = Pipeline([(funcstep(ident), 1), (crash, 1)], in_queue=q)
     p.run_forever(background=True)
     q.put(1)

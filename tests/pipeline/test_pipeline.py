@@ -120,9 +120,9 @@ def test_put_iterable_does_not_mutate_steps_and_accepts_a_tuple():
 def test_put_iterable_takes_no_keywords_and_needs_an_iterable():
     p = Pipeline([(funcstep(ident), 1)])
     with pytest.raises(TypeError, match="unexpected keyword"):
-        p.put_iterable(range(3), foo=1)
+        p.put_iterable(range(3), foo=1)  # type: ignore[call-arg]  # wrong on purpose
     with pytest.raises(ringcast.InvalidArgument, match="needs an iterable"):
-        p.put_iterable(5)
+        p.put_iterable(5)  # type: ignore[arg-type]  # wrong on purpose
 
 
 def test_put_iterable_twice_chains_the_iterables():
@@ -211,7 +211,7 @@ def test_with_put_iterable_waits_for_the_iterable():
 
 def test_steps_can_be_class_based_with_options_and_extra_keywords():
     class Scale(AbstractStep):
-        def initialize(self, factor=1):
+        def initialize(self, factor=1):  # type: ignore[override]  # the step's options, by keyword
             self.factor = factor
 
         def process(self, item):
@@ -240,7 +240,7 @@ def test_hooks_are_called_in_order_in_the_right_threads():
         def step_initialize(self):
             log("step_initialize", self)
 
-        def initialize(self, foo):
+        def initialize(self, foo):  # type: ignore[override]  # the step's options, by keyword
             assert foo == 1
             log("initialize", self)
 
@@ -274,7 +274,7 @@ def test_hooks_are_called_in_order_in_the_right_threads():
 
 
 def test_step_shutdown_exactly_once_with_many_siblings():
-    calls = []
+    calls: list[int] = []
     for _ in range(5):
         calls.clear()
 
@@ -329,7 +329,7 @@ def test_siblings_share_storage_and_see_each_other():
     seen = []
 
     class Step(AbstractStep):
-        def initialize(self):
+        def initialize(self):  # type: ignore[override]  # the step's options, by keyword
             self.sibling.storage.setdefault("ids", []).append(self.sibling.index)
 
         def thread_initialize(self):
@@ -347,7 +347,7 @@ def test_siblings_share_storage_and_see_each_other():
 
 def test_daemon_flag_is_set_on_every_thread():
     for daemon in (False, True):
-        flags = []
+        flags: list[bool] = []
 
         def rec(x, flags=flags):
             flags.append(threading.current_thread().daemon)
@@ -364,7 +364,7 @@ def test_daemon_flag_is_set_on_every_thread():
 
 
 def test_in_queue_stop_processes_what_was_queued_and_leaves_later_items_in_the_queue():
-    q = queue.Queue()
+    q: queue.Queue = queue.Queue()
     out = Collect()
     p = Pipeline([(funcstep(inc), 3), (out.step(), 1)], in_queue=q)
     p.run_forever(background=True)
@@ -378,7 +378,7 @@ def test_in_queue_stop_processes_what_was_queued_and_leaves_later_items_in_the_q
 
 
 def test_in_queue_run_after_finish_drains_and_returns():
-    q = queue.Queue()
+    q: queue.Queue = queue.Queue()
     for i in range(20):
         q.put(i)
     p = Pipeline([(funcstep(ident), 2)], in_queue=q)
@@ -388,7 +388,7 @@ def test_in_queue_run_after_finish_drains_and_returns():
 
 
 def test_in_queue_back_pressure_reaches_the_user_queue():
-    q = queue.Queue()
+    q: queue.Queue = queue.Queue()
     gate = threading.Event()
     p = Pipeline([(funcstep(lambda x: gate.wait(5)), 1)], in_queue=q, threshold=4)
     p.run_forever(background=True)

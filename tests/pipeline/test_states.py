@@ -151,7 +151,7 @@ def test_a_background_run_must_be_stopped_before_the_next_run():
 
 def test_stop_from_inside_a_step_is_refused():
     errors = []
-    holder = {}
+    holder: dict[str, Pipeline] = {}
 
     def stopper(x):
         try:
@@ -230,14 +230,14 @@ def test_bad_arguments_are_refused_with_a_clear_message(kw, message):
 
 def test_bad_helper_arguments():
     with pytest.raises(ringcast.InvalidArgument, match="needs a callable"):
-        funcstep(3)
+        funcstep(3)  # type: ignore[arg-type]  # wrong on purpose
     with pytest.raises(ringcast.InvalidArgument, match="needs a callable"):
-        iterstep(None)
+        iterstep(None)  # type: ignore[arg-type]  # wrong on purpose
     with pytest.raises(ringcast.InvalidArgument, match="base must be a subclass"):
         funcstep(ident, base=object)
     p = Pipeline([(funcstep(ident), 1)])
     with pytest.raises(ringcast.InvalidArgument, match="put_all\\(\\) needs an iterable"):
-        p.put_all(3)
+        p.put_all(3)  # type: ignore[arg-type]  # wrong on purpose
     with pytest.raises(ringcast.InvalidArgument, match="timeout must be None or a number"):
         p.stop(timeout=-1)
     with pytest.raises(ringcast.InvalidArgument, match="size must be an int"):

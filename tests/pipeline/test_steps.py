@@ -98,7 +98,7 @@ def test_iterstep_keeps_state_per_worker_and_multiple_workers_share_input():
 
 
 def test_iterstep_latency_is_not_a_polling_interval():
-    arrived = queue.Queue()
+    arrived: queue.Queue = queue.Queue()
 
     @iterstep
     def passthrough(items):
@@ -231,7 +231,7 @@ def test_timed_chunk_groups_and_flushes_on_timeout_and_at_the_end():
 
 def test_timed_chunk_doctest_scenario_alive_turns_false_after_iterstep_crash():
     # paipa's TimedChunk doctest, with shorter waits.
-    result = []
+    result: list[list[int]] = []
 
     @iterstep
     def crash_when_17(iterator):
