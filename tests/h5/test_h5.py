@@ -10,6 +10,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import h5py
 import hdf5plugin
@@ -344,7 +346,7 @@ def test_native_path_is_byte_identical_to_h5py(streamer, h5file, path, cyclic):
             assert got.tobytes() == want.tobytes()
 
 
-PLUGIN_FILTERS = {
+PLUGIN_FILTERS: dict[str, Callable[[], Mapping[str, Any]]] = {
     "lz4": lambda: hdf5plugin.LZ4(),
     "lz4-small-blocks": lambda: hdf5plugin.LZ4(nbytes=1000),  # several blocks per chunk
     "shuffle+lz4": lambda: {"shuffle": True, **hdf5plugin.LZ4()},

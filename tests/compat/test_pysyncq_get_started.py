@@ -34,7 +34,8 @@ def _join_all(P, timeout=JOIN_S):
 @pytest.fixture
 def cleanup():
     """Queues and processes to clean up whatever happens."""
-    queues, procs = [], []
+    queues: list[PySyncQ] = []
+    procs: list[mp.process.BaseProcess] = []
     yield queues, procs
     for p in procs:
         if p.is_alive():
@@ -114,7 +115,7 @@ def test_initialisation_and_exchange(shm_name, cleanup, method):
 
     q.append("type_of_message", "The body of the message.")
 
-    replies = []
+    replies: list[tuple] = []
     deadline = time.monotonic() + JOIN_S
     while len(replies) < len(P) and time.monotonic() < deadline:
         for m in q(block=True, timer=0.123):
@@ -145,6 +146,7 @@ def test_initialisation_and_exchange(shm_name, cleanup, method):
         pass
     assert q.pop() is None
 
+    assert q.shm is not None
     path = f"/dev/shm/{q.shm.name}"
     assert os.path.exists(path)
     q.close()
@@ -201,7 +203,8 @@ def test_sending_messages(shm_name, cleanup):
     assert 0.19 <= time.monotonic() - t0 < 2.0
 
     # Blocking with timer=None: waits until a reader frees enough space.
-    drained, give_up = [], threading.Event()
+    drained: list[tuple] = []
+    give_up = threading.Event()
     th = threading.Thread(target=_drain_later, args=(other, 0.2, drained, give_up))
     th.start()
     try:
@@ -242,7 +245,7 @@ def test_reading_messages(shm_name, cleanup):
     assert q.pop() is None  # no unread messages
 
     w.append("mtype", "mbody")
-    (sender, mtype, mbody) = q.pop()
+    (sender, mtype, mbody) = q.pop()  # type: ignore[misc]  # the page's own line (a message is waiting)
     assert (sender, mtype, mbody) == ("writer", "mtype", "mbody")
 
     # Screening by sender and by type.

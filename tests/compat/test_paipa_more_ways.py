@@ -19,13 +19,14 @@ import textwrap
 import threading
 import time
 import types
+from typing import Any
 
 import pytest
-from test_pipeline import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
 
 from ringcast import pipeline as paipa
+from tests.pipeline.support import bounded, no_leaked_threads  # noqa: F401  (autouse fixture)
 
-SEED = pathlib.Path(__file__).resolve().parents[1].parent / "shared/seeds/paipa-more-ways.rst"
+SEED = pathlib.Path(__file__).resolve().parents[3] / "shared/seeds/paipa-more-ways.rst"
 
 IMPORT_CHANGE = ("import paipa", "from ringcast import pipeline as paipa")
 
@@ -153,7 +154,7 @@ def test_the_copies_match_the_seed_page():
 
 def test_put_put_all_finish_run():
     ping = Ping()
-    ns = {
+    ns: dict[str, Any] = {
         "pipeline": paipa.Pipeline([(ping.step(), 4)]),
         "url": "http://a",
         "list_of_urls": [f"http://{i}" for i in range(50)],
@@ -164,7 +165,7 @@ def test_put_put_all_finish_run():
 
 def test_put_iterable_run():
     ping = Ping()
-    ns = {
+    ns: dict[str, Any] = {
         "pipeline": paipa.Pipeline([(ping.step(), 4)]),
         "generator_of_urls": (f"http://{i}" for i in range(200)),
     }

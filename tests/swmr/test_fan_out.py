@@ -9,12 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-from _swmr_writer import frame_value
-from test_swmr import live  # noqa: F401  (the fixture)
 
 import ringcast
 from ringcast import BroadcastQueue
 from ringcast.swmr import DataSource, fan_out, frame_info
+from tests.swmr.writer import frame_value
 
 fctx = mp.get_context("fork")
 
@@ -37,7 +36,7 @@ def _consume(name: str, lossy: bool, ready, out) -> None:
     q.close()
 
 
-def test_fan_out_of_a_live_file_to_processes(live, shm_name):  # noqa: F811
+def test_fan_out_of_a_live_file_to_processes(live, shm_name):
     with BroadcastQueue(shm_name, create=True, capacity=1 << 20) as q:
         ready, out = fctx.Queue(), fctx.Queue()
         procs = [
@@ -85,7 +84,7 @@ def run_follow(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_follow_command_publishes_a_live_file(live, shm_name):  # noqa: F811
+def test_follow_command_publishes_a_live_file(live, shm_name):
     with BroadcastQueue(shm_name, create=True, capacity=1 << 20) as q, q.reader() as r:
         lv = live(n=50, frame=(3, 4), delay=0.005)
         out = run_follow(
@@ -114,7 +113,7 @@ def test_follow_command_publishes_a_live_file(live, shm_name):  # noqa: F811
         assert got == list(range(50))
 
 
-def test_follow_command_errors(tmp_path, live):  # noqa: F811
+def test_follow_command_errors(tmp_path, live):
     out = run_follow(str(tmp_path / "missing.h5"), "--key", "k", "--data", "d")
     assert out.returncode == 1 and "cannot open" in out.stderr and "missing.h5" in out.stderr
     lv = live(n=3)

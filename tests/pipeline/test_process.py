@@ -179,7 +179,7 @@ class Scaled(ProcessStep):
     def step_shutdown(self):
         PARENT_HOOKS.append(("step_shutdown", os.getpid()))
 
-    def initialize(self, factor=1):
+    def initialize(self, factor=1):  # type: ignore[override]  # the step's options, by keyword
         self.factor = factor
         self.pid = os.getpid()
 
@@ -198,7 +198,7 @@ class Scaled(ProcessStep):
 
 
 class BadInit(ProcessStep):
-    def initialize(self):
+    def initialize(self):  # type: ignore[override]  # the step's options, by keyword
         raise KeyError("no config in the worker")
 
     def process(self, item):
@@ -384,7 +384,7 @@ def test_large_array_round_trip():
 
 def test_arrays_arrive_writable_in_the_worker():
     out: list = []
-    arrays = [np.full((64, 32), i, dtype=np.int32) for i in range(5)]
+    arrays: list[np.ndarray] = [np.full((64, 32), i, dtype=np.int32) for i in range(5)]
     arrays.append(np.asfortranarray(np.arange(12.0).reshape(3, 4)))
     arrays.append(np.arange(10)[::2])  # not contiguous
     p = Pipeline([(procstep(describe_array), 2), collect_into(out)], quiet=True)
@@ -585,7 +585,7 @@ def test_options_passed_without_initialize_raise_at_start():
 
 def test_a_later_step_failing_to_start_stops_the_workers():
     class Refuses(AbstractStep):
-        def initialize(self):
+        def initialize(self):  # type: ignore[override]  # the step's options, by keyword
             raise LookupError("not today")
 
         def process(self, item):

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "queue.md"
+PAGE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "queue.md"
 BLOCKS = [
     b
     for b in re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)

@@ -1,0 +1,1 @@
+"""The ringcast command, whose subcommands span the layers (segments, queues, SWMR)."""

@@ -1,0 +1,1 @@
+"""The pysyncq and paipa behaviour and documentation pages, run on ringcast."""

@@ -1,0 +1,1 @@
+"""ringcast.pipeline: threaded pipelines, process steps and coroutine helpers."""

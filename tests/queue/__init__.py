@@ -1,0 +1,1 @@
+"""The broadcast queue: BroadcastQueue, Reader, leases, groups, lossy readers, asyncio."""

@@ -1,0 +1,1 @@
+"""ringcast.swmr against real SWMR writer processes, and fanning a live file out."""
