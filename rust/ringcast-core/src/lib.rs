@@ -7,7 +7,11 @@
 //!   groups, stats).
 //! - [`slots`]: the slot ring filled by workers and leased by consumers.
 //! - [`wait`]: the one blocking-wait helper; [`proc`]: process identity and liveness.
-//! - [`native`]: the native HDF5 read path (extents, codecs, filler).
+//! - [`handle`]: what a handle means to its process (memberships and the process registry,
+//!   fork tags, leases and views, reservations, re-entrancy guards), so the bindings only
+//!   convert.
+//!
+//! The native HDF5 read path (extents, codecs, filler) is the crate `ringcast-h5`.
 
 pub mod error;
 pub mod handle;

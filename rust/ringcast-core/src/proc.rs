@@ -102,11 +102,6 @@ pub fn alive(pid: u32, start: u64, start_mask: u64) -> bool {
     }
 }
 
-/// Whether an [`Ident`] still denotes a running process.
-pub fn ident_alive(id: Ident) -> bool {
-    alive(id.pid, id.start, u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,11 +117,8 @@ mod tests {
     fn self_is_alive_and_bogus_is_not() {
         let me = current();
         assert!(me.start > 0);
-        assert!(ident_alive(me));
-        assert!(!ident_alive(Ident {
-            pid: me.pid,
-            start: me.start + 1
-        }));
+        assert!(alive(me.pid, me.start, u64::MAX));
+        assert!(!alive(me.pid, me.start + 1, u64::MAX));
         assert!(!alive(0, 0, u64::MAX));
         assert!(!alive(u32::MAX - 1, 0, u64::MAX));
     }
