@@ -15,6 +15,7 @@ import abc
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -169,6 +170,27 @@ class WorkerStats:
 
 # ------------------------------------------------------------------------------------------------
 # Steps
+
+
+@dataclass(eq=False, repr=False)
+class StepRuntimeBase:
+    """What the runtime of one step in one run holds, whether its workers are threads
+    (:class:`.runtime.StepRuntime`) or processes (:class:`.process_runtime.ProcStepRuntime`):
+    the run, the step's name, class, worker count and options, its input and output, and the
+    pipeline's options. A subclass sets up the rest in ``__post_init__``."""
+
+    run: Any
+    name: str
+    cls: Any
+    workers: int
+    step_options: Mapping
+    inbox: Any
+    outbox: Any
+    pipeline_options: dict
+
+    def __post_init__(self) -> None:
+        self.step_options = dict(self.step_options)
+        self.max_retries = self.pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
 
 
 class AbstractStep(threading.Thread, metaclass=abc.ABCMeta):
