@@ -523,18 +523,9 @@ class ProcStepRuntime(StepRuntimeBase):
     # -- observability -------------------------------------------------------------------------
 
     def snapshot(self) -> StepStats:
-        stats = [t._rc_stats for t in self.instances]
-        return StepStats(
-            name=self.name,
-            workers=self.workers,
+        return self.summed_stats(
+            [t._rc_stats for t in self.instances],
             alive=max(0, self.live),
-            items_in=sum(s.n_in for s in stats),
-            items_out=sum(s.n_out for s in stats),
-            failed=sum(s.failed for s in stats),
-            retried=sum(s.retried for s in stats),
-            skipped=sum(s.skipped for s in stats),
-            busy_seconds=sum(s.busy for s in stats),
             queue_depth=len(self.inbox) + len(self.inflight),
-            queue_capacity=self.inbox.capacity,
             discarded=self.inbox.discarded + self.discarded,
         )

@@ -118,19 +118,10 @@ class StepRuntime(StepRuntimeBase):
         """The run did not start: release what build() acquired (nothing for threads)."""
 
     def snapshot(self) -> StepStats:
-        stats = [inst._rc_stats for inst in self.instances]
-        return StepStats(
-            name=self.name,
-            workers=self.workers,
+        return self.summed_stats(
+            [inst._rc_stats for inst in self.instances],
             alive=self.live,
-            items_in=sum(s.n_in for s in stats),
-            items_out=sum(s.n_out for s in stats),
-            failed=sum(s.failed for s in stats),
-            retried=sum(s.retried for s in stats),
-            skipped=sum(s.skipped for s in stats),
-            busy_seconds=sum(s.busy for s in stats),
             queue_depth=len(self.inbox),
-            queue_capacity=self.inbox.capacity,
             discarded=self.inbox.discarded,
         )
 

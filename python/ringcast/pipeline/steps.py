@@ -192,6 +192,26 @@ class StepRuntimeBase:
         self.step_options = dict(self.step_options)
         self.max_retries = self.pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
 
+    def summed_stats(
+        self, stats: list[WorkerStats], alive: int, queue_depth: int, discarded: int
+    ) -> StepStats:
+        """This step's counters: its workers' ``stats`` summed, with the figures only the
+        runtime knows (workers alive, items waiting, items thrown away)."""
+        return StepStats(
+            name=self.name,
+            workers=self.workers,
+            alive=alive,
+            items_in=sum(s.n_in for s in stats),
+            items_out=sum(s.n_out for s in stats),
+            failed=sum(s.failed for s in stats),
+            retried=sum(s.retried for s in stats),
+            skipped=sum(s.skipped for s in stats),
+            busy_seconds=sum(s.busy for s in stats),
+            queue_depth=queue_depth,
+            queue_capacity=self.inbox.capacity,
+            discarded=discarded,
+        )
+
 
 class AbstractStep(threading.Thread, metaclass=abc.ABCMeta):
     """Base class of threaded pipeline steps: each instance is one worker thread.
