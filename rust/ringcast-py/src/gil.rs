@@ -2,7 +2,10 @@
 //! (opening a segment, leaving, starting threads), and [`blocking`] for waits, built on it,
 //! which wake in slices to check for signals. No other code calls `Python::detach`.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
+use ringcast_core::handle::Membership;
 use ringcast_core::Error;
 
 use crate::error::{BResult, BindError};
@@ -11,6 +14,14 @@ use crate::error::{BResult, BindError};
 /// may wait without end, use [`blocking`] instead.
 pub(crate) fn enter<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
+}
+
+/// Leave `member` (if a handle's `close` gave one) with the GIL released (the last member
+/// out also removes the segment).
+pub(crate) fn leave(py: Python<'_>, member: Option<Arc<Membership>>) {
+    if let Some(m) = member {
+        enter(py, move || m.leave());
+    }
 }
 
 /// The one bridge from a blocking core call to Python: release the GIL (through

@@ -2,22 +2,20 @@
 //! filled in place), make readers, stats; and the module functions that unpickling and the
 //! pysyncq layer call (`_attach_queue`, `_open_queue`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use ringcast_core::handle::{Membership, QueueMember, ReaderHandle, Reserved, ReservingThread};
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
-use ringcast_core::{proc, Deadline, Error, Filter, Queue, QueueOptions, WaitSpec};
+use ringcast_core::{proc, Deadline, Error, Filter, Queue, QueueOptions};
 
 use crate::convert::{
-    array_helper, borrow_text_or_bytes, byte_set, deadline, spin_from_us, text_or_bytes, Buf,
-    SendSlice,
+    array_helper, borrow_opt_text_or_bytes, byte_set, deadline, opt_text_or_bytes, Buf, SendSlice,
+    Spin,
 };
-use crate::error::BResult;
-use crate::gil::{blocking, enter};
+use crate::error::{timed_out, BResult};
+use crate::gil::{blocking, enter, leave};
 use crate::reader::PyReader;
 use crate::reservation::PyReservation;
 
@@ -28,7 +26,7 @@ pub(crate) struct PyQueue {
     member: QueueMember,
     /// The sender given by the user; without one, each process sends as its pid.
     explicit_sender: Option<Vec<u8>>,
-    spin_ns: AtomicU64,
+    spin: Spin,
     /// The thread holding a reservation on this queue, if any.
     reserving: Arc<ReservingThread>,
 }
@@ -53,6 +51,40 @@ impl PyQueue {
             .alive(&self.q, KIND_HANDLE, name, "BroadcastQueue")?)
     }
 
+    /// This process's membership, for a sender: refused while this thread holds a
+    /// reservation on the queue (it would wait for itself).
+    fn writer(&self) -> BResult<Arc<Membership>> {
+        let m = self.alive()?;
+        self.reserving.check()?;
+        Ok(m)
+    }
+
+    /// Send one message made of `parts` as `sender` with type `typ`, waiting (GIL released)
+    /// for room until `d`.
+    fn send_parts<const N: usize>(
+        &self,
+        py: Python<'_>,
+        m: &Membership,
+        sender: &[u8],
+        typ: &[u8],
+        parts: [&[u8]; N],
+        d: Deadline,
+    ) -> BResult<u64> {
+        let (s, t, p) = (
+            SendSlice::of(sender),
+            SendSlice::of(typ),
+            parts.map(SendSlice::of),
+        );
+        let q = Arc::clone(&self.q);
+        let spec = self.spin.wait_spec(d);
+        // SAFETY: sender, typ and every part are borrowed by this frame for the whole call.
+        let seq = blocking(py, move |chk| unsafe {
+            q.send(s.get(), t.get(), &p.map(|b| b.get()), spec, chk)
+        })?;
+        self.q.count_sent(m.id());
+        Ok(seq)
+    }
+
     fn reserve_inner(
         &self,
         py: Python<'_>,
@@ -61,18 +93,14 @@ impl PyQueue {
         timeout: Option<f64>,
         array: Option<(Vec<u8>, Py<PyAny>, Py<PyAny>)>,
     ) -> BResult<PyReservation> {
-        let m = self.alive()?;
-        self.reserving.check()?;
-        let typ: Vec<u8> = match r#type {
-            Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
-            _ => Vec::new(),
-        };
+        let m = self.writer()?;
+        let typ = opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let head_len = array.as_ref().map_or(0, |a| a.0.len());
         let total = nbytes
             .checked_add(head_len)
             .ok_or_else(|| Error::InvalidArgument(format!("{nbytes} bytes is too large")))?;
         let q = Arc::clone(&self.q);
-        let spec = self.spec(deadline(timeout)?);
+        let spec = self.spin.wait_spec(deadline(timeout)?);
         let sender = m.name().to_vec();
         let res = blocking(py, move |chk| q.reserve(&sender, &typ, total, spec, chk))?;
         let (head, dtype, shape) = match array {
@@ -88,12 +116,6 @@ impl PyQueue {
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes())
     }
-    fn spec(&self, d: Deadline) -> WaitSpec {
-        WaitSpec {
-            deadline: d,
-            spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
-        }
-    }
     fn build(
         py: Python<'_>,
         name: Option<String>,
@@ -102,11 +124,8 @@ impl PyQueue {
         sender: Option<&Bound<'_, PyAny>>,
         spin_us: f64,
     ) -> BResult<PyQueue> {
-        let spin_ns = spin_from_us(spin_us)?;
-        let explicit_sender = match sender {
-            Some(s) if !s.is_none() => Some(text_or_bytes(s, "sender")?),
-            _ => None,
-        };
+        let spin = Spin::from_us(spin_us)?;
+        let explicit_sender = opt_text_or_bytes(sender, "sender")?;
         if name.is_none() && create == Some(false) {
             return Err(
                 Error::InvalidArgument("a name is needed to attach (create=False)".into()).into(),
@@ -131,7 +150,7 @@ impl PyQueue {
             q,
             member: QueueMember::new(member),
             explicit_sender,
-            spin_ns: AtomicU64::new(spin_ns),
+            spin,
             reserving: Arc::new(ReservingThread::new()),
         })
     }
@@ -199,12 +218,11 @@ impl PyQueue {
     /// Spin window (microseconds) before a blocking call sleeps.
     #[getter]
     fn get_spin_us(&self) -> f64 {
-        self.spin_ns.load(Ordering::Relaxed) as f64 / 1000.0
+        self.spin.us()
     }
     #[setter]
     fn set_spin_us(&self, v: f64) -> BResult<()> {
-        self.spin_ns.store(spin_from_us(v)?, Ordering::Relaxed);
-        Ok(())
+        self.spin.set_us(v)
     }
 
     /// The capacity cost in bytes of a message with these lengths (the sender defaults to
@@ -231,20 +249,9 @@ impl PyQueue {
         timeout: Option<f64>,
         sender: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
-        self.reserving.check()?;
-        let typ: &[u8] = match r#type {
-            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
-            _ => &[],
-        };
-        let own_sender;
-        let sender: &[u8] = match sender {
-            Some(s) if !s.is_none() => {
-                own_sender = text_or_bytes(s, "sender")?;
-                &own_sender
-            }
-            _ => m.name(),
-        };
+        let m = self.writer()?;
+        let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
+        let sender = borrow_opt_text_or_bytes(sender, "sender")?.unwrap_or(m.name());
         let buf;
         let body: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
             b.as_bytes()
@@ -265,19 +272,7 @@ impl PyQueue {
                 Err(e) => return Err(e.into()),
             }
         }
-        let (s, t, b) = (
-            SendSlice::of(sender),
-            SendSlice::of(typ),
-            SendSlice::of(body),
-        );
-        let q = Arc::clone(&self.q);
-        let spec = self.spec(d);
-        // SAFETY: sender, typ and body outlive the call (held by this frame).
-        let seq = blocking(py, move |chk| unsafe {
-            q.send(s.get(), t.get(), &[b.get()], spec, chk)
-        })?;
-        self.q.count_sent(m.id());
-        Ok(seq)
+        self.send_parts(py, &m, sender, typ, [body], d)
     }
 
     /// ``send(data, type, timeout=0)``: raise ``Full`` at once if there is no room.
@@ -331,19 +326,15 @@ impl PyQueue {
                 .into());
             }
         }
-        let name = match name {
-            Some(n) if !n.is_none() => text_or_bytes(n, "name")?,
-            _ => me.name().to_vec(),
-        };
+        let name = opt_text_or_bytes(name, "name")?.unwrap_or_else(|| me.name().to_vec());
         let q = Arc::clone(&self.q);
         let gname = group.clone();
         let m = enter(py, move || match gname {
             Some(g) => Membership::join_as(&q, &name, |q, n| q.join_group(n, g.as_bytes())),
             None => Membership::join_as(&q, &name, |q, n| q.join_reader(n, lossy)),
         })?;
-        let spin_ns = self.spin_ns.load(Ordering::Relaxed);
         let handle = ReaderHandle::new(m, group.is_some());
-        Ok(PyReader::new(handle, filter, spin_ns, lossy, group))
+        Ok(PyReader::new(handle, filter, self.spin.ns(), lossy, group))
     }
 
     /// Send a numpy array (any dtype without Python objects, any shape) as an array
@@ -360,29 +351,13 @@ impl PyQueue {
         timeout: Option<f64>,
         meta: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
-        self.reserving.check()?;
+        let m = self.writer()?;
         let enc = array_helper(py, "encode")?.call1((array, meta))?;
         let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
-        let typ: &[u8] = match r#type {
-            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
-            _ => &[],
-        };
+        let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let buf = Buf::get(&data)?;
-        let (s, t, h, b) = (
-            SendSlice::of(m.name()),
-            SendSlice::of(typ),
-            SendSlice::of(head.as_bytes()),
-            SendSlice::of(buf.as_slice()),
-        );
-        let q = Arc::clone(&self.q);
-        let spec = self.spec(deadline(timeout)?);
-        // SAFETY: every slice is owned by this frame for the whole call.
-        let seq = blocking(py, move |chk| unsafe {
-            q.send(s.get(), t.get(), &[h.get(), b.get()], spec, chk)
-        })?;
-        self.q.count_sent(m.id());
-        Ok(seq)
+        let parts = [head.as_bytes(), buf.as_slice()];
+        self.send_parts(py, &m, m.name(), typ, parts, deadline(timeout)?)
     }
 
     /// Reserve room for a ``nbytes`` message and fill it in place (zero-copy), e.g.
@@ -421,17 +396,12 @@ impl PyQueue {
     #[pyo3(signature = (n, timeout=None))]
     fn wait_for_readers(&self, py: Python<'_>, n: u32, timeout: Option<f64>) -> BResult<()> {
         self.alive()?;
-        let d = deadline(timeout)?;
         let q = Arc::clone(&self.q);
-        let spec = self.spec(d);
+        let spec = self.spin.wait_spec(deadline(timeout)?);
         if blocking(py, move |chk| q.wait_for_readers(n, spec, chk))? {
             Ok(())
         } else {
-            Err(Error::Timeout(
-                Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
-                "readers to join",
-            )
-            .into())
+            Err(timed_out(timeout, "readers to join"))
         }
     }
 
@@ -452,9 +422,7 @@ impl PyQueue {
 
     /// Leave the queue. The segment is removed when its last member leaves.
     fn close(&self, py: Python<'_>) {
-        if let Some(m) = self.member.close() {
-            enter(py, move || m.leave());
-        }
+        leave(py, self.member.close());
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
