@@ -206,3 +206,48 @@ fn a_lock_owner_that_died_before_recording_its_namespace_is_recovered_after_a_gr
         1
     );
 }
+
+#[test]
+fn a_member_joined_from_a_new_pid_namespace_records_it_and_is_never_reaped_here() {
+    let name = uniq("newns");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
+    let here = proc::pid_ns(); // cached in this process before any fork
+    let code = in_child(|| {
+        // SAFETY: unshare in a single-threaded forked child; only its children are affected.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            return 77; // not allowed here (needs root or a user namespace)
+        }
+        in_child(|| {
+            // The first process of the new namespace: pid 1 there, and its own namespace,
+            // though this process cached the parent's before the forks.
+            if std::process::id() != 1 || proc::pid_ns() == here {
+                return 1;
+            }
+            match q.join(KIND_READER, b"in a container") {
+                Ok(id) if q.segment().member(id.slot).is_some() => 0, // exits as a member
+                _ => 2,
+            }
+        })
+    });
+    if code == 77 {
+        eprintln!("skipped: unshare(CLONE_NEWPID) is refused here");
+        return;
+    }
+    assert_eq!(code, 0);
+    let m = q
+        .segment()
+        .members()
+        .map(|(_, m)| m)
+        .find(|m| m.state.load(Ordering::Acquire) != 0)
+        .expect("the member of the other namespace");
+    assert_eq!(m.pid.load(Ordering::SeqCst), 1);
+    assert_ne!(m.ns.load(Ordering::SeqCst), here);
+    // Pid 1 here is our init: judged from here, the member would be "recycled", so dead.
+    assert_eq!(m.liveness(), Liveness::Unknown);
+    while send(&q, &[1u8; 100]).is_ok() {}
+    assert_eq!(q.stats().reaped, 0);
+    assert!(!segment::remove_if_stale(&name));
+    // (That process did exit: only a process of its namespace could tell. The Cleanup guard
+    // removes the segment.)
+}
