@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::proc;
 use crate::segment::{
     Member, MemberId, FLAG_LOSSY, KIND_GROUP, KIND_GROUP_MEMBER, KIND_READER, MEMBER_NAME_BYTES,
-    M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN, STATE_CLOSED, STATE_OPEN,
+    M_ACTIVE, M_CLAIMING, M_ORPHAN, NO_PIN, STATE_CLOSED, STATE_OPEN,
 };
 use crate::wait::{block_on, no_check, WaitSpec};
 
@@ -61,12 +61,12 @@ impl Queue {
         let g = match self.lock(WaitSpec::nowait(), &mut no_check) {
             Ok(g) => g,
             Err(e) => {
-                m.state.store(M_FREE, Ordering::Release);
+                m.free_owned();
                 return Err(e);
             }
         };
         if h.state.load(Ordering::Acquire) != STATE_OPEN {
-            m.state.store(M_FREE, Ordering::Release);
+            m.free_owned();
             return Err(Error::Removed(self.name().to_owned()));
         }
         if let Some(gname) = group {
@@ -88,7 +88,7 @@ impl Queue {
                 }
             };
             let Some(gid) = gid else {
-                m.state.store(M_FREE, Ordering::Release);
+                m.free_owned();
                 return Err(no_slot());
             };
             m.group.store(gid.slot, Ordering::Relaxed);
@@ -112,7 +112,7 @@ impl Queue {
         let guard = self.lock(WaitSpec::nowait(), &mut no_check);
         if let Some(m) = self.seg.owned(id) {
             m.pin.store(NO_PIN, Ordering::SeqCst);
-            m.state.store(M_FREE, Ordering::Release);
+            m.free_owned();
         }
         let mut unlinked = false;
         if let Ok(g) = guard {
@@ -139,7 +139,8 @@ impl Queue {
             if st != M_ACTIVE && st != M_CLAIMING {
                 continue;
             }
-            let pid = m.pid.load(Ordering::Relaxed);
+            // Acquire: a claimer stores its start time and namespace before its pid.
+            let pid = m.pid.load(Ordering::Acquire);
             if st == M_CLAIMING && pid == 0 {
                 continue; // being claimed right now
             }
@@ -152,7 +153,15 @@ impl Queue {
                     continue;
                 }
             }
-            if !proc::alive(pid, m.start.load(Ordering::Relaxed), u64::MAX) && self.retire(m, st) {
+            // Only positive evidence of death reaps: a member this process cannot judge
+            // (another pid namespace, or our own lack of file descriptors) is left alone.
+            let life = proc::liveness(
+                pid,
+                m.start.load(Ordering::Relaxed),
+                u64::MAX,
+                m.ns.load(Ordering::Relaxed),
+            );
+            if life.is_dead() && self.retire(m, st) {
                 n += 1;
             }
         }
@@ -202,9 +211,7 @@ impl Queue {
             self.header().data_wait.pair().notify();
             return true;
         }
-        m.state
-            .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        m.free_from(st)
     }
 
     /// Number of live reader members.

@@ -58,9 +58,12 @@ pub struct LogWords {
     /// Start of the oldest record still intact: writers advance it (before they overwrite
     /// anything) past every record they are about to reuse. Lossy readers check it.
     pub oldest: AtomicU64,
+    /// The pid namespace of the writer lock's owner ([`crate::proc::pid_ns`]), stored just
+    /// after taking the lock and cleared just before releasing it (0: not recorded yet).
+    pub lock_ns: AtomicU64,
 }
 
-// SAFETY: repr(C), five AtomicU64 (40 bytes, 8-aligned): fits the kind area and any bytes
+// SAFETY: repr(C), six AtomicU64 (48 bytes, 8-aligned): fits the kind area and any bytes
 // are a valid value.
 unsafe impl KindWords for LogWords {}
 
