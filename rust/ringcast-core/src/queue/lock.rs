@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::Queue;
 use crate::error::{Error, Result};
+use crate::fault::{self, Point};
 use crate::proc;
 use crate::wait::{block_on, Deadline, WaitSpec};
 
@@ -51,6 +52,7 @@ impl Queue {
     /// Release the writer lock (held by this process) and wake a waiter.
     pub(super) fn unlock(&self) {
         self.log().lock.store(0, Ordering::Release);
+        fault::point(Point::Unlocked);
         self.header().lock_wait.pair().notify();
     }
 
@@ -101,6 +103,7 @@ impl Queue {
                             .is_ok()
                     {
                         h.lock_recoveries.fetch_add(1, Ordering::Relaxed);
+                        self.finish_publish();
                         return Ok(Some(()));
                     }
                 }
