@@ -2,7 +2,8 @@
 //! from `reserve` to `commit`) never breaks readers: every message published before is
 //! received intact by plain, lossy and group readers, the message being published is
 //! received whole or not at all, and the next writer takes the lock over and sends on,
-//! wrapping the ring (issue 12, item 3).
+//! wrapping the ring (issue 12, item 3). A join or leave waiting for the writer lock of a
+//! live but stopped writer ends at its signal check, not after the lock grace (item 7).
 //!
 //! The victim writer is this test binary run again as a child process (the `victim`
 //! function, selected by the `RC_FAULT_VICTIM` variable): it arms a fault-injection point
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use ringcast_core::fault::{self, Point};
 use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
 use ringcast_core::wait::no_check;
-use ringcast_core::{MemberId, Queue};
+use ringcast_core::{Error, MemberId, Queue};
 
 mod common;
 
@@ -304,4 +305,75 @@ fn a_garbage_commit_mark_is_dropped_not_published() {
         want.clear();
     }
     assert_eq!(q.stats().lock_recoveries, garbage.len() as u64);
+}
+
+/// Join and leave waiting for the writer lock of a live writer (stopped mid-send) end at
+/// their slice check's error, within a slice, instead of waiting out the lock grace.
+#[test]
+fn join_and_leave_waiting_for_a_held_lock_end_at_their_check() {
+    let name = uniq("joinchk");
+    let _c = Cleanup(name.clone());
+    let q = Queue::create(&name, opts(CAP, 8)).unwrap();
+    let _w = q.join(KIND_HANDLE, b"w").unwrap();
+    let old = q.join(KIND_READER, b"old").unwrap();
+    let v = Victim::stopped_at(&name, Point::Published, How::Send);
+    // A check that fails (as a signal handler's exception does) 100 ms into the wait.
+    let check = |t0: Instant| {
+        move || {
+            if t0.elapsed() >= Duration::from_millis(100) {
+                Err(Error::Interrupted)
+            } else {
+                Ok(())
+            }
+        }
+    };
+    type Call<'a> = Box<dyn Fn(&mut dyn FnMut() -> ringcast_core::Result<()>) -> bool + 'a>;
+    let calls: Vec<(&str, Call)> = vec![
+        (
+            "join",
+            Box::new(|c| {
+                matches!(
+                    q.join_checked(KIND_READER, b"r", c),
+                    Err(Error::Interrupted)
+                )
+            }),
+        ),
+        (
+            "join_reader",
+            Box::new(|c| {
+                matches!(
+                    q.join_reader_checked(b"r", true, c),
+                    Err(Error::Interrupted)
+                )
+            }),
+        ),
+        (
+            "join_group",
+            Box::new(|c| {
+                matches!(
+                    q.join_group_checked(b"r", b"grp", c),
+                    Err(Error::Interrupted)
+                )
+            }),
+        ),
+        (
+            "leave",
+            Box::new(|c| matches!(q.leave_checked(old, c), Err(Error::Interrupted))),
+        ),
+    ];
+    for (what, call) in calls {
+        let t0 = Instant::now();
+        let mut chk = check(t0);
+        assert!(call(&mut chk), "{what} was not interrupted");
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "{what} took {took:?} to notice its check"
+        );
+    }
+    assert_eq!(q.live_readers(), 0, "the interrupted leave freed its slot");
+    drop(v);
+    // The lock of the dead victim is taken over: joining works again.
+    let r = q.join(KIND_READER, b"r").unwrap();
+    assert!(!q.leave(r).unwrap());
 }

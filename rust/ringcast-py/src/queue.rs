@@ -17,7 +17,7 @@ use crate::convert::{
     SendSlice,
 };
 use crate::error::BResult;
-use crate::gil::{blocking, enter};
+use crate::gil::blocking;
 use crate::reader::PyReader;
 use crate::reservation::PyReservation;
 
@@ -44,13 +44,19 @@ fn random_name() -> String {
 }
 
 impl PyQueue {
-    /// This process's membership (joined on first use in a forked child), or an error if
-    /// the handle is closed.
-    fn alive(&self) -> BResult<Arc<Membership>> {
-        let name = || self.default_sender();
-        Ok(self
-            .member
-            .alive(&self.q, KIND_HANDLE, name, "BroadcastQueue")?)
+    /// This process's membership (joined on first use in a forked child, waiting for the
+    /// writer lock without the GIL and interruptible by signals), or an error if the handle
+    /// is closed.
+    fn alive(&self, py: Python<'_>) -> BResult<Arc<Membership>> {
+        const WHAT: &str = "BroadcastQueue";
+        if let Some(m) = self.member.ready(WHAT)? {
+            return Ok(m);
+        }
+        let name = self.default_sender();
+        let (member, q) = (&self.member, &self.q);
+        blocking(py, move |chk| {
+            member.alive_checked(q, KIND_HANDLE, || name, WHAT, chk)
+        })
     }
 
     fn reserve_inner(
@@ -61,7 +67,7 @@ impl PyQueue {
         timeout: Option<f64>,
         array: Option<(Vec<u8>, Py<PyAny>, Py<PyAny>)>,
     ) -> BResult<PyReservation> {
-        let m = self.alive()?;
+        let m = self.alive(py)?;
         self.reserving.check()?;
         let typ: Vec<u8> = match r#type {
             Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
@@ -115,17 +121,17 @@ impl PyQueue {
         let sender = explicit_sender
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
-        // Opening may wait briefly (a segment still being initialised, the writer lock to
-        // join): never with the GIL held.
-        let (q, member) = enter(py, move || {
+        // Opening may wait (a segment still being initialised, the writer lock to join):
+        // never with the GIL held, and a signal ends the wait for the lock.
+        let (q, member) = blocking(py, move |chk| {
             let q = match (name, create) {
                 (Some(n), Some(true)) => Queue::create(&n, opts),
                 (Some(n), Some(false)) => Queue::attach(&n),
                 (Some(n), None) => Queue::open(&n, opts),
                 (None, _) => Queue::create(&random_name(), opts),
             }?;
-            let member = Membership::join(&q, KIND_HANDLE, &sender)?;
-            Ok::<_, Error>((q, member))
+            let member = Membership::join_checked(&q, KIND_HANDLE, &sender, chk)?;
+            Ok((q, member))
         })?;
         Ok(PyQueue {
             q,
@@ -192,8 +198,8 @@ impl PyQueue {
     }
     /// Free bytes right now.
     #[getter]
-    fn free_bytes(&self) -> BResult<u64> {
-        self.alive()?;
+    fn free_bytes(&self, py: Python<'_>) -> BResult<u64> {
+        self.alive(py)?;
         Ok(self.q.free_bytes())
     }
     /// Spin window (microseconds) before a blocking call sleeps.
@@ -231,7 +237,7 @@ impl PyQueue {
         timeout: Option<f64>,
         sender: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
+        let m = self.alive(py)?;
         self.reserving.check()?;
         let typ: &[u8] = match r#type {
             Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
@@ -312,7 +318,7 @@ impl PyQueue {
         lossy: bool,
         group: Option<String>,
     ) -> BResult<PyReader> {
-        let me = self.alive()?;
+        let me = self.alive(py)?;
         let filter = Filter {
             senders: byte_set(senders, "senders")?,
             types: byte_set(types, "types")?,
@@ -337,9 +343,11 @@ impl PyQueue {
         };
         let q = Arc::clone(&self.q);
         let gname = group.clone();
-        let m = enter(py, move || match gname {
-            Some(g) => Membership::join_as(&q, &name, |q, n| q.join_group(n, g.as_bytes())),
-            None => Membership::join_as(&q, &name, |q, n| q.join_reader(n, lossy)),
+        let m = blocking(py, move |chk| match gname {
+            Some(g) => {
+                Membership::join_as(&q, &name, |q, n| q.join_group_checked(n, g.as_bytes(), chk))
+            }
+            None => Membership::join_as(&q, &name, |q, n| q.join_reader_checked(n, lossy, chk)),
         })?;
         let spin_ns = self.spin_ns.load(Ordering::Relaxed);
         let handle = ReaderHandle::new(m, group.is_some());
@@ -360,7 +368,7 @@ impl PyQueue {
         timeout: Option<f64>,
         meta: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
+        let m = self.alive(py)?;
         self.reserving.check()?;
         let enc = array_helper(py, "encode")?.call1((array, meta))?;
         let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
@@ -420,7 +428,7 @@ impl PyQueue {
     /// Block until at least ``n`` live readers have joined (``Timeout`` after ``timeout`` s).
     #[pyo3(signature = (n, timeout=None))]
     fn wait_for_readers(&self, py: Python<'_>, n: u32, timeout: Option<f64>) -> BResult<()> {
-        self.alive()?;
+        self.alive(py)?;
         let d = deadline(timeout)?;
         let q = Arc::clone(&self.q);
         let spec = self.spec(d);
@@ -437,8 +445,8 @@ impl PyQueue {
 
     /// Shut the queue down: sends fail from now on, and readers raise ``QueueShutDown``
     /// (iteration stops) once they have read every message.
-    fn shutdown(&self) -> BResult<()> {
-        self.alive()?;
+    fn shutdown(&self, py: Python<'_>) -> BResult<()> {
+        self.alive(py)?;
         self.q.shutdown();
         Ok(())
     }
@@ -446,15 +454,18 @@ impl PyQueue {
     /// A lock-free snapshot: write sequence, used bytes, each member's cursor and lag, dead
     /// and live members, lock recoveries, full events and time writers spent blocked.
     fn stats<'py>(&self, py: Python<'py>) -> BResult<Bound<'py, PyDict>> {
-        self.alive()?;
+        self.alive(py)?;
         Ok(stats_dict(py, &self.q)?)
     }
 
-    /// Leave the queue. The segment is removed when its last member leaves.
-    fn close(&self, py: Python<'_>) {
+    /// Leave the queue. The segment is removed when its last member leaves. Waiting for the
+    /// writer lock to leave, a signal's exception (Ctrl-C) is raised; the handle is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
         if let Some(m) = self.member.close() {
-            enter(py, move || m.leave());
+            blocking(py, move |chk| m.leave_checked(chk))?;
         }
+        Ok(())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -466,9 +477,9 @@ impl PyQueue {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;

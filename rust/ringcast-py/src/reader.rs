@@ -13,7 +13,7 @@ use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, WaitSpec};
 
 use crate::convert::{array_helper, byte_set, deadline, readonly_memoryview, spin_from_us};
 use crate::error::{empty, BResult, BindError};
-use crate::gil::{blocking, enter};
+use crate::gil::blocking;
 use crate::lease::Lease;
 use crate::message::Message;
 
@@ -456,11 +456,14 @@ impl PyReader {
     }
 
     /// Leave: this reader no longer holds back writers. With leases still held, it leaves
-    /// when the last one ends (their memory stays valid until then).
-    fn close(&self, py: Python<'_>) {
+    /// when the last one ends (their memory stays valid until then). A signal's exception
+    /// (Ctrl-C) while it waits for the writer lock to leave is raised; the reader is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
         if let Some(m) = self.h.close() {
-            enter(py, move || m.leave());
+            blocking(py, move |chk| m.leave_checked(chk))?;
         }
+        Ok(())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -472,9 +475,9 @@ impl PyReader {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf
