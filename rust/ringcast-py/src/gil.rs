@@ -16,12 +16,14 @@ pub(crate) fn enter<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T 
     py.detach(f)
 }
 
-/// Leave `member` (if a handle's `close` gave one) with the GIL released (the last member
-/// out also removes the segment).
-pub(crate) fn leave(py: Python<'_>, member: Option<Arc<Membership>>) {
+/// Leave `member` (if a handle's `close` gave one) with the GIL released, waiting for the
+/// writer lock interruptibly (the last member out also removes the segment). A signal's
+/// exception ends the wait and is raised; the member slot is freed all the same.
+pub(crate) fn leave(py: Python<'_>, member: Option<Arc<Membership>>) -> BResult<()> {
     if let Some(m) = member {
-        enter(py, move || m.leave());
+        blocking(py, move |chk| m.leave_checked(chk))?;
     }
+    Ok(())
 }
 
 /// The one bridge from a blocking core call to Python: release the GIL (through

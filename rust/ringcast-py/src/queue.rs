@@ -15,7 +15,7 @@ use crate::convert::{
     Spin,
 };
 use crate::error::{timed_out, BResult};
-use crate::gil::{blocking, enter, leave};
+use crate::gil::{blocking, leave};
 use crate::reader::PyReader;
 use crate::reservation::PyReservation;
 
@@ -42,19 +42,25 @@ fn random_name() -> String {
 }
 
 impl PyQueue {
-    /// This process's membership (joined on first use in a forked child), or an error if
-    /// the handle is closed.
-    fn alive(&self) -> BResult<Arc<Membership>> {
-        let name = || self.default_sender();
-        Ok(self
-            .member
-            .alive(&self.q, KIND_HANDLE, name, "BroadcastQueue")?)
+    /// This process's membership (joined on first use in a forked child, waiting for the
+    /// writer lock without the GIL and interruptible by signals), or an error if the handle
+    /// is closed.
+    fn alive(&self, py: Python<'_>) -> BResult<Arc<Membership>> {
+        const WHAT: &str = "BroadcastQueue";
+        if let Some(m) = self.member.ready(WHAT)? {
+            return Ok(m);
+        }
+        let name = self.default_sender();
+        let (member, q) = (&self.member, &self.q);
+        blocking(py, move |chk| {
+            member.alive_checked(q, KIND_HANDLE, || name, WHAT, chk)
+        })
     }
 
     /// This process's membership, for a sender: refused while this thread holds a
     /// reservation on the queue (it would wait for itself).
-    fn writer(&self) -> BResult<Arc<Membership>> {
-        let m = self.alive()?;
+    fn writer(&self, py: Python<'_>) -> BResult<Arc<Membership>> {
+        let m = self.alive(py)?;
         self.reserving.check()?;
         Ok(m)
     }
@@ -93,7 +99,7 @@ impl PyQueue {
         timeout: Option<f64>,
         array: Option<(Vec<u8>, Py<PyAny>, Py<PyAny>)>,
     ) -> BResult<PyReservation> {
-        let m = self.writer()?;
+        let m = self.writer(py)?;
         let typ = opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let head_len = array.as_ref().map_or(0, |a| a.0.len());
         let total = nbytes
@@ -134,17 +140,17 @@ impl PyQueue {
         let sender = explicit_sender
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
-        // Opening may wait briefly (a segment still being initialised, the writer lock to
-        // join): never with the GIL held.
-        let (q, member) = enter(py, move || {
+        // Opening may wait (a segment still being initialised, the writer lock to join):
+        // never with the GIL held, and a signal ends the wait for the lock.
+        let (q, member) = blocking(py, move |chk| {
             let q = match (name, create) {
                 (Some(n), Some(true)) => Queue::create(&n, opts),
                 (Some(n), Some(false)) => Queue::attach(&n),
                 (Some(n), None) => Queue::open(&n, opts),
                 (None, _) => Queue::create(&random_name(), opts),
             }?;
-            let member = Membership::join(&q, KIND_HANDLE, &sender)?;
-            Ok::<_, Error>((q, member))
+            let member = Membership::join_checked(&q, KIND_HANDLE, &sender, chk)?;
+            Ok((q, member))
         })?;
         Ok(PyQueue {
             q,
@@ -211,8 +217,8 @@ impl PyQueue {
     }
     /// Free bytes right now.
     #[getter]
-    fn free_bytes(&self) -> BResult<u64> {
-        self.alive()?;
+    fn free_bytes(&self, py: Python<'_>) -> BResult<u64> {
+        self.alive(py)?;
         Ok(self.q.free_bytes())
     }
     /// Spin window (microseconds) before a blocking call sleeps.
@@ -249,7 +255,7 @@ impl PyQueue {
         timeout: Option<f64>,
         sender: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.writer()?;
+        let m = self.writer(py)?;
         let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let sender = borrow_opt_text_or_bytes(sender, "sender")?.unwrap_or(m.name());
         let buf;
@@ -307,7 +313,7 @@ impl PyQueue {
         lossy: bool,
         group: Option<String>,
     ) -> BResult<PyReader> {
-        let me = self.alive()?;
+        let me = self.alive(py)?;
         let filter = Filter {
             senders: byte_set(senders, "senders")?,
             types: byte_set(types, "types")?,
@@ -329,9 +335,11 @@ impl PyQueue {
         let name = opt_text_or_bytes(name, "name")?.unwrap_or_else(|| me.name().to_vec());
         let q = Arc::clone(&self.q);
         let gname = group.clone();
-        let m = enter(py, move || match gname {
-            Some(g) => Membership::join_as(&q, &name, |q, n| q.join_group(n, g.as_bytes())),
-            None => Membership::join_as(&q, &name, |q, n| q.join_reader(n, lossy)),
+        let m = blocking(py, move |chk| match gname {
+            Some(g) => {
+                Membership::join_as(&q, &name, |q, n| q.join_group_checked(n, g.as_bytes(), chk))
+            }
+            None => Membership::join_as(&q, &name, |q, n| q.join_reader_checked(n, lossy, chk)),
         })?;
         let handle = ReaderHandle::new(m, group.is_some());
         Ok(PyReader::new(handle, filter, self.spin.ns(), lossy, group))
@@ -351,7 +359,7 @@ impl PyQueue {
         timeout: Option<f64>,
         meta: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.writer()?;
+        let m = self.writer(py)?;
         let enc = array_helper(py, "encode")?.call1((array, meta))?;
         let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
         let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
@@ -395,7 +403,7 @@ impl PyQueue {
     /// Block until at least ``n`` live readers have joined (``Timeout`` after ``timeout`` s).
     #[pyo3(signature = (n, timeout=None))]
     fn wait_for_readers(&self, py: Python<'_>, n: u32, timeout: Option<f64>) -> BResult<()> {
-        self.alive()?;
+        self.alive(py)?;
         let q = Arc::clone(&self.q);
         let spec = self.spin.wait_spec(deadline(timeout)?);
         if blocking(py, move |chk| q.wait_for_readers(n, spec, chk))? {
@@ -407,8 +415,8 @@ impl PyQueue {
 
     /// Shut the queue down: sends fail from now on, and readers raise ``QueueShutDown``
     /// (iteration stops) once they have read every message.
-    fn shutdown(&self) -> BResult<()> {
-        self.alive()?;
+    fn shutdown(&self, py: Python<'_>) -> BResult<()> {
+        self.alive(py)?;
         self.q.shutdown();
         Ok(())
     }
@@ -416,13 +424,15 @@ impl PyQueue {
     /// A lock-free snapshot: write sequence, used bytes, each member's cursor and lag, dead
     /// and live members, lock recoveries, full events and time writers spent blocked.
     fn stats<'py>(&self, py: Python<'py>) -> BResult<Bound<'py, PyDict>> {
-        self.alive()?;
+        self.alive(py)?;
         Ok(stats_dict(py, &self.q)?)
     }
 
-    /// Leave the queue. The segment is removed when its last member leaves.
-    fn close(&self, py: Python<'_>) {
-        leave(py, self.member.close());
+    /// Leave the queue. The segment is removed when its last member leaves. Waiting for the
+    /// writer lock to leave, a signal's exception (Ctrl-C) is raised; the handle is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
+        leave(py, self.member.close())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -434,9 +444,9 @@ impl PyQueue {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;

@@ -451,9 +451,11 @@ impl PyReader {
     }
 
     /// Leave: this reader no longer holds back writers. With leases still held, it leaves
-    /// when the last one ends (their memory stays valid until then).
-    fn close(&self, py: Python<'_>) {
-        leave(py, self.h.close());
+    /// when the last one ends (their memory stays valid until then). A signal's exception
+    /// (Ctrl-C) while it waits for the writer lock to leave is raised; the reader is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
+        leave(py, self.h.close())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -465,9 +467,9 @@ impl PyReader {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf

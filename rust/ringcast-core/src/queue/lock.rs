@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::Queue;
 use crate::error::{Error, Result};
+use crate::fault::{self, Point};
 use crate::proc;
 use crate::wait::{block_on, Deadline, WaitSpec};
 
@@ -83,6 +84,7 @@ impl Queue {
             .lock_ns
             .store(proc::NS_UNKNOWN, Ordering::Relaxed);
         self.log().lock.store(0, Ordering::Release);
+        fault::point(Point::Unlocked);
         self.header().lock_wait.pair().notify();
     }
 
@@ -147,6 +149,7 @@ impl Queue {
                     {
                         lock_ns.store(my_ns, Ordering::Release);
                         h.lock_recoveries.fetch_add(1, Ordering::Relaxed);
+                        self.finish_publish();
                         return Ok(Some(()));
                     }
                 }
