@@ -2,7 +2,8 @@
 
 Every exception derives from :class:`RingcastError` and, where the meaning matches, also from
 the standard-library type, so existing ``except`` clauses keep working (``queue.Empty``,
-``queue.Full``, ``TimeoutError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``).
+``queue.Full``, ``TimeoutError``, ``FileNotFoundError``, ``FileExistsError``,
+``PermissionError``, ``ValueError``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "SegmentNotFound",
     "SegmentExists",
     "CorruptSegment",
+    "SegmentPermissionError",
     "InvalidArgument",
     "HandleClosed",
     "NoMemberSlot",
@@ -79,6 +81,13 @@ class SegmentExists(RingcastError, FileExistsError):
 
 class CorruptSegment(RingcastError, ValueError):
     """The object is not a ringcast segment, or its contents are damaged."""
+
+
+class SegmentPermissionError(RingcastError, PermissionError):
+    """The segment object may not be used: another user owns it, users the caller did not
+    accept may write to it, it is a symbolic link or not a regular file, or this user may not
+    open it (also a :class:`PermissionError`). See docs/security.md.
+    """
 
 
 class InvalidArgument(RingcastError, ValueError):

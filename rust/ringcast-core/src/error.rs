@@ -15,6 +15,11 @@ pub enum Error {
     /// The object exists but is not a (valid) ringcast segment.
     #[error("'{name}' is not a usable ringcast segment: {why}")]
     Corrupt { name: String, why: String },
+    /// The object may not be used by this process: owned by another user, writable by
+    /// others without the caller's consent, a symbolic link, not a regular file, or not
+    /// openable by this user.
+    #[error("permission denied for segment '{name}': {why}")]
+    Permission { name: String, why: String },
     /// A bad argument from the caller.
     #[error("{0}")]
     InvalidArgument(String),
@@ -83,6 +88,12 @@ impl Error {
             op,
             name: name.to_owned(),
             source: e.into(),
+        }
+    }
+    pub(crate) fn permission(name: &str, why: impl Into<String>) -> Self {
+        Error::Permission {
+            name: name.to_owned(),
+            why: why.into(),
         }
     }
     pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {

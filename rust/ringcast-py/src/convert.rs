@@ -9,6 +9,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+use ringcast_core::segment::Access;
 use ringcast_core::wait::deadline_from_secs;
 use ringcast_core::{Deadline, Error, WaitSpec};
 
@@ -63,6 +64,48 @@ impl Spin {
             spin: Duration::from_nanos(self.ns()),
         }
     }
+}
+
+/// What attaching accepts: the group/other write bits `mode` grants, and the owners in
+/// `allow_users` (uids, or user names looked up with `pwd`).
+pub(crate) fn access(mode: u32, allow_users: Option<&Bound<'_, PyAny>>) -> BResult<Access> {
+    let mut access = Access::for_mode(mode)?;
+    let Some(users) = allow_users.filter(|u| !u.is_none()) else {
+        return Ok(access);
+    };
+    if users.is_instance_of::<PyString>() || users.is_instance_of::<PyBytes>() {
+        return Err(PyTypeError::new_err(
+            "allow_users must be an iterable of uids or user names, not a single string",
+        )
+        .into());
+    }
+    for item in users.try_iter()? {
+        let item = item?;
+        let uid = if let Ok(name) = item.cast::<PyString>() {
+            let pwd = item.py().import("pwd")?;
+            match pwd.call_method1("getpwnam", (name,)) {
+                Ok(entry) => entry.getattr("pw_uid")?.extract::<u32>()?,
+                Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "allow_users: no user named {name}"
+                    ))
+                    .into())
+                }
+            }
+        } else {
+            item.extract::<u32>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "allow_users items must be uids (int) or user names (str), got {}",
+                    item.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
+        };
+        access = access.allow_user(uid);
+    }
+    Ok(access)
 }
 
 /// A contiguous byte view of any object with the buffer protocol (bytes, bytearray,

@@ -92,6 +92,7 @@ struct Classes {
     not_found: Py<PyType>,
     exists: Py<PyType>,
     corrupt: Py<PyType>,
+    permission: Py<PyType>,
     invalid: Py<PyType>,
     closed: Py<PyType>,
     no_slot: Py<PyType>,
@@ -120,6 +121,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             not_found: get("SegmentNotFound")?,
             exists: get("SegmentExists")?,
             corrupt: get("CorruptSegment")?,
+            permission: get("SegmentPermissionError")?,
             invalid: get("InvalidArgument")?,
             closed: get("HandleClosed")?,
             no_slot: get("NoMemberSlot")?,
@@ -157,6 +159,7 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
         Error::NotFound(_) | Error::Removed(_) => &c.not_found,
         Error::Exists(_) => &c.exists,
         Error::Corrupt { .. } => &c.corrupt,
+        Error::Permission { .. } => &c.permission,
         Error::InvalidArgument(_) => &c.invalid,
         Error::Full { needed, free } => return new(py, &c.full, (msg, needed, free)),
         Error::TooLarge { needed, capacity } => {
@@ -283,6 +286,12 @@ mod tests {
                 why: "bad magic".into(),
             };
             raised(py, corrupt, "CorruptSegment");
+            let perm = Error::Permission {
+                name: s(),
+                why: "it is a symbolic link".into(),
+            };
+            let v = raised(py, perm, "SegmentPermissionError");
+            assert!(v.is_instance_of::<pyo3::exceptions::PyPermissionError>());
             raised(py, Error::InvalidArgument("no".into()), "InvalidArgument");
             let t = Error::Timeout(Duration::from_millis(5), "readers to join");
             raised(py, t, "Timeout");

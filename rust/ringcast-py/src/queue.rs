@@ -8,11 +8,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use ringcast_core::handle::{Membership, QueueMember, ReaderHandle, Reserved, ReservingThread};
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
+use ringcast_core::segment::Access;
 use ringcast_core::{proc, Deadline, Error, Filter, Queue, QueueOptions};
 
 use crate::convert::{
-    array_helper, borrow_opt_text_or_bytes, byte_set, deadline, opt_text_or_bytes, Buf, SendSlice,
-    Spin,
+    access, array_helper, borrow_opt_text_or_bytes, byte_set, deadline, opt_text_or_bytes, Buf,
+    SendSlice, Spin,
 };
 use crate::error::{timed_out, BResult};
 use crate::gil::{blocking, leave};
@@ -29,6 +30,8 @@ pub(crate) struct PyQueue {
     spin: Spin,
     /// The thread holding a reservation on this queue, if any.
     reserving: Arc<ReservingThread>,
+    /// What attaching accepted (kept so that a pickled copy attaches the same way).
+    access: Access,
 }
 
 fn random_name() -> String {
@@ -127,6 +130,7 @@ impl PyQueue {
         name: Option<String>,
         create: Option<bool>,
         opts: QueueOptions,
+        access: Access,
         sender: Option<&Bound<'_, PyAny>>,
         spin_us: f64,
     ) -> BResult<PyQueue> {
@@ -142,11 +146,12 @@ impl PyQueue {
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
         // Opening may wait (a segment still being initialised, the writer lock to join):
         // never with the GIL held, and a signal ends the wait for the lock.
+        let policy = access.clone();
         let (q, member) = blocking(py, move |chk| {
             let q = match (name, create) {
                 (Some(n), Some(true)) => Queue::create(&n, opts),
-                (Some(n), Some(false)) => Queue::attach(&n),
-                (Some(n), None) => Queue::open(&n, opts),
+                (Some(n), Some(false)) => Queue::attach_with(&n, &policy),
+                (Some(n), None) => Queue::open_with(&n, opts, &policy),
                 (None, _) => Queue::create(&random_name(), opts),
             }?;
             let member = Membership::join_checked(&q, KIND_HANDLE, &sender, chk)?;
@@ -158,6 +163,7 @@ impl PyQueue {
             explicit_sender,
             spin,
             reserving: Arc::new(ReservingThread::new()),
+            access,
         })
     }
 }
@@ -168,9 +174,12 @@ impl PyQueue {
     /// ``create=None`` attaches if ``name`` exists and creates it otherwise; ``True`` creates
     /// (replacing a stale segment whose members are all dead, else ``SegmentExists``);
     /// ``False`` attaches (``SegmentNotFound`` if missing). ``capacity`` is the byte budget
-    /// of the ring (see ``record_size`` for the cost of one message).
+    /// of the ring (see ``record_size`` for the cost of one message). ``mode`` is the
+    /// segment's exact mode when creating; attaching accepts an object that the group or
+    /// other users may write only if ``mode`` grants the same. ``allow_users`` (uids or
+    /// user names) are owners accepted besides this user and root.
     #[new]
-    #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0))]
+    #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0, allow_users=None))]
     #[allow(clippy::too_many_arguments)] // one per Python keyword argument
     fn new(
         py: Python<'_>,
@@ -181,6 +190,7 @@ impl PyQueue {
         sender: Option<&Bound<'_, PyAny>>,
         mode: u32,
         spin_us: f64,
+        allow_users: Option<&Bound<'_, PyAny>>,
     ) -> BResult<Self> {
         let opts = QueueOptions {
             capacity,
@@ -188,7 +198,8 @@ impl PyQueue {
             align: 8,
             mode,
         };
-        PyQueue::build(py, name, create, opts, sender, spin_us)
+        let access = access(mode, allow_users)?;
+        PyQueue::build(py, name, create, opts, access, sender, spin_us)
     }
 
     /// The segment name (``/dev/shm/<name>``).
@@ -451,7 +462,13 @@ impl PyQueue {
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;
         let sender = self.explicit_sender.as_ref().map(|s| PyBytes::new(py, s));
-        let args = (self.q.name().to_owned(), sender, self.get_spin_us());
+        let args = (
+            self.q.name().to_owned(),
+            sender,
+            self.get_spin_us(),
+            0o600 | self.access.shared_write(),
+            self.access.allowed_users().to_vec(),
+        );
         (f, args).into_pyobject(py)
     }
     fn __repr__(&self) -> String {
@@ -465,27 +482,33 @@ impl PyQueue {
     }
 }
 
-/// Attach to a queue by name (what unpickling a BroadcastQueue does).
+/// Attach to a queue by name (what unpickling a BroadcastQueue does), accepting what the
+/// pickled handle accepted (`mode`, `allow_users`).
 #[pyfunction]
-#[pyo3(signature = (name, sender=None, spin_us=20.0))]
+#[pyo3(signature = (name, sender=None, spin_us=20.0, mode=0o600, allow_users=None))]
 pub(crate) fn _attach_queue(
     py: Python<'_>,
     name: String,
     sender: Option<&Bound<'_, PyAny>>,
     spin_us: f64,
+    mode: u32,
+    allow_users: Option<&Bound<'_, PyAny>>,
 ) -> BResult<PyQueue> {
+    let access = access(mode, allow_users)?;
     PyQueue::build(
         py,
         Some(name),
         Some(false),
         QueueOptions::default(),
+        access,
         sender,
         spin_us,
     )
 }
 
 /// Create or attach a queue with an explicit record alignment (used by the pysyncq layer,
-/// which needs byte-exact accounting: ``align=1``).
+/// which needs byte-exact accounting: ``align=1``). Private: mode 0o600, this user's
+/// objects only, as pysyncq's ``SharedMemory`` segments are.
 #[pyfunction]
 #[pyo3(signature = (name, create, capacity, align, sender=None, max_members=512))]
 pub(crate) fn _open_queue(
@@ -503,7 +526,7 @@ pub(crate) fn _open_queue(
         align,
         mode: 0o600,
     };
-    PyQueue::build(py, name, create, opts, sender, 20.0)
+    PyQueue::build(py, name, create, opts, Access::private(), sender, 20.0)
 }
 
 /// The `stats()` dict of a queue.

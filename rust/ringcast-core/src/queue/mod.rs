@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::segment::{
-    self, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
+    self, Access, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
 };
 
 mod groups;
@@ -120,17 +120,29 @@ impl Queue {
         Err(Error::Exists(segment::shm_path(name)?[1..].to_owned()))
     }
 
-    /// Attach to an existing queue by name.
+    /// Attach to an existing queue by name: a private one (see [`Access::private`]).
     pub fn attach(name: &str) -> Result<Arc<Queue>> {
+        Queue::attach_with(name, &Access::private())
+    }
+
+    /// Attach to an existing queue by name if it passes `access` (its owner, its write
+    /// permissions; never through a symbolic link).
+    pub fn attach_with(name: &str, access: &Access) -> Result<Arc<Queue>> {
         Ok(Arc::new(Queue {
-            seg: Segment::attach(name, KIND_BROADCAST)?,
+            seg: Segment::attach(name, KIND_BROADCAST, access)?,
         }))
     }
 
-    /// Attach if it exists, else create.
+    /// Attach if it exists, else create. An existing queue must pass the access that
+    /// `opts.mode` implies ([`Access::for_mode`]).
     pub fn open(name: &str, opts: QueueOptions) -> Result<Arc<Queue>> {
+        Queue::open_with(name, opts, &Access::for_mode(opts.mode)?)
+    }
+
+    /// Attach if it exists and passes `access`, else create.
+    pub fn open_with(name: &str, opts: QueueOptions, access: &Access) -> Result<Arc<Queue>> {
         for _ in 0..OPEN_TRIES {
-            match Queue::attach(name) {
+            match Queue::attach_with(name, access) {
                 Ok(q) if q.header().state.load(Ordering::Acquire) == STATE_OPEN => return Ok(q),
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),

@@ -1,18 +1,22 @@
 //! Looking at segments without mapping them: `ringcast ls` (listing and inspecting),
 //! recognising what a dead creator or dead members left behind, and `ringcast gc`.
+//!
+//! Objects are opened through [`access::open_readonly`] (never through a symbolic link,
+//! regular files only, never blocking), and only objects the caller owns are ever removed
+//! ([`access::owned_by_caller`]): root too leaves other users' stale segments alone.
 
 use std::mem::offset_of;
 use std::time::Duration;
 
-use rustix::fs::{fstat, Mode};
-use rustix::shm;
+use rustix::fs::fstat;
 
+use super::access::{self, SHM_DIR};
 use super::layout::{
     read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader, HEADER_PAGE, MAGIC,
     MEMBER_BYTES,
 };
 use super::members::{Member, KIND_GROUP, M_CLAIMING, M_FREE, M_FREEING};
-use super::{errno_to, now_unix_ns, shm_path, unlink};
+use super::{now_unix_ns, shm_path, unlink};
 use crate::error::{Error, Result};
 use crate::proc;
 
@@ -20,15 +24,14 @@ use crate::proc;
 /// creator still runs (a creator may not have joined yet).
 pub const STALE_AGE: Duration = Duration::from_secs(5);
 
-/// Where shared-memory objects appear as files.
-const SHM_DIR: &str = "/dev/shm";
-
 /// What `ringcast ls` shows of a segment, read without mapping it.
 #[derive(Clone, Debug)]
 pub struct SegmentInfo {
     pub name: String,
     pub raw: RawHeader,
     pub size: u64,
+    /// The uid owning the object.
+    pub owner: u32,
     pub members_alive: u32,
     pub members_dead: u32,
 }
@@ -54,8 +57,8 @@ impl SegmentInfo {
 pub fn inspect(name: &str) -> Result<SegmentInfo> {
     let path = shm_path(name)?;
     let bare = path[1..].to_owned();
-    let fd = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty())
-        .map_err(|e| errno_to("open", &bare, e))?;
+    let fd = access::open_readonly(&bare)?;
+    let owner = fstat(&fd).map_err(|e| Error::os("stat", &bare, e))?.st_uid;
     let geo = read_geometry(&bare, &fd, Duration::ZERO)?;
     let raw = read_raw(&fd, geo.total_size)
         .map_err(|e| Error::os("read", &bare, e))?
@@ -90,6 +93,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         name: bare,
         raw,
         size: geo.total_size,
+        owner,
         members_alive: alive,
         members_dead: dead,
     })
@@ -102,7 +106,7 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
     };
-    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else {
+    let Ok(fd) = access::open_readonly(&path[1..]) else {
         return false;
     };
     let Ok(st) = fstat(&fd) else { return false };
@@ -132,17 +136,16 @@ pub fn list_names() -> Vec<String> {
         let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if name.starts_with("sem.") {
+        if name.starts_with("sem.") || shm_path(&name).is_err() {
             continue;
         }
+        // Opened again without following links: the entry may have been replaced by a
+        // link or a FIFO since it was listed.
+        let Ok(fd) = access::open_readonly(&name) else {
+            continue;
+        };
         let mut magic = [0u8; 8];
-        let ok = std::fs::File::open(ent.path()).and_then(|f| {
-            std::os::unix::fs::FileExt::read_exact_at(
-                &f,
-                &mut magic,
-                offset_of!(Header, magic) as u64,
-            )
-        });
+        let ok = read_exact_at(&fd, &mut magic, offset_of!(Header, magic) as u64);
         if ok.is_ok() && u64::from_ne_bytes(magic) == MAGIC {
             out.push(name);
         }
@@ -151,9 +154,14 @@ pub fn list_names() -> Vec<String> {
     out
 }
 
-/// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died).
-/// Returns true if it was removed.
+/// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died)
+/// and the caller owns it. Returns true if it was removed (or is gone).
 pub fn remove_if_stale(name: &str) -> bool {
+    match access::owned_by_caller(name) {
+        Ok(true) => {}
+        Err(Error::NotFound(_)) => return true,
+        Ok(false) | Err(_) => return false,
+    }
     match inspect(name) {
         Ok(info) if info.is_stale() => unlink(name).is_ok(),
         Ok(_) => false,
@@ -163,7 +171,8 @@ pub fn remove_if_stale(name: &str) -> bool {
     }
 }
 
-/// Remove every ringcast segment whose members are all dead. Returns the names removed.
+/// Remove every ringcast segment of the caller's user whose members are all dead (other
+/// users' segments are left alone, even by root). Returns the names removed.
 pub fn gc() -> Vec<String> {
     list_names()
         .into_iter()

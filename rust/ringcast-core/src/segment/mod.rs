@@ -32,10 +32,12 @@ use rustix::shm;
 use crate::error::{Error, Result};
 use crate::proc;
 
+pub mod access;
 pub mod inspect;
 pub mod layout;
 pub mod members;
 
+pub use access::Access;
 pub use inspect::{
     gc, inspect, is_abandoned_creation, list_names, remove_if_stale, SegmentInfo, STALE_AGE,
 };
@@ -119,6 +121,7 @@ impl Segment {
         )
         .map_err(|e| errno_to("create", &bare, e))?;
         let made = (|| {
+            access::set_mode(&bare, &fd, mode)?;
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
             let seg = Segment::map(&bare, &fd, geo)?;
             let h = seg.header();
@@ -153,12 +156,12 @@ impl Segment {
         made
     }
 
-    /// Attach to an existing segment of the given kind, validating its header.
-    pub fn attach(name: &str, kind: u32) -> Result<Segment> {
+    /// Attach to an existing segment of the given kind, validating its header. The object
+    /// must pass `policy` first (owner, write permissions, no symbolic link: [`access`]).
+    pub fn attach(name: &str, kind: u32, policy: &Access) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty())
-            .map_err(|e| errno_to("open", &bare, e))?;
+        let fd = access::open_checked(&bare, policy)?;
         let geo = read_geometry(&bare, &fd, ATTACH_GRACE)?;
         if geo.kind != kind {
             return Err(Error::corrupt(
