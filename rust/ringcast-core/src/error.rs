@@ -54,6 +54,15 @@ pub enum Error {
     /// The caller's slice callback asked to stop (e.g. a Python signal handler raised).
     #[error("interrupted")]
     Interrupted,
+    /// `/dev/shm` has no room for a new segment of `asked` bytes (`free` bytes free of
+    /// `total`; a `total` of 0 when unknown), or can never hold one that large.
+    #[error("{}", crate::segment::space::no_space_message(name, *asked, *free, *total))]
+    NoSpace {
+        name: String,
+        asked: u64,
+        free: u64,
+        total: u64,
+    },
     /// An operating-system call failed.
     #[error("{op} '{name}': {source}")]
     Os {

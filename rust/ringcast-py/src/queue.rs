@@ -163,6 +163,7 @@ impl PyQueue {
             align: 8,
             mode,
         };
+        opts.check_capacity()?;
         PyQueue::build(py, name, create, opts, sender, spin_us)
     }
 

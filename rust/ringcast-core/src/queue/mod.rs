@@ -21,6 +21,7 @@ use crate::segment::{
     self, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
 };
 
+mod capacity;
 mod groups;
 mod lock;
 mod members;
@@ -29,6 +30,7 @@ mod record;
 mod stats;
 mod write;
 
+pub use capacity::min_capacity;
 pub use read::Filter;
 pub use record::{record_len, RecordRef, RECORD_HEADER};
 pub use stats::{MemberStats, Stats};

@@ -35,6 +35,7 @@ use crate::proc;
 pub mod inspect;
 pub mod layout;
 pub mod members;
+pub(crate) mod space;
 
 pub use inspect::{
     gc, inspect, is_abandoned_creation, list_names, remove_if_stale, SegmentInfo, STALE_AGE,
@@ -120,6 +121,7 @@ impl Segment {
         .map_err(|e| errno_to("create", &bare, e))?;
         let made = (|| {
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
+            space::reserve(&fd, &bare, geo.total_size)?;
             let seg = Segment::map(&bare, &fd, geo)?;
             let h = seg.header();
             let me = proc::current();
