@@ -35,6 +35,7 @@ use crate::proc;
 pub mod inspect;
 pub mod layout;
 pub mod members;
+mod sigbus;
 pub(crate) mod space;
 
 pub use inspect::{
@@ -83,6 +84,7 @@ pub struct Segment {
     base: NonNull<u8>,
     map_len: usize,
     geo: Geometry,
+    watch: sigbus::Watch,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or raw copies whose
@@ -215,6 +217,7 @@ impl Segment {
                 base: NonNull::new_unchecked(base as *mut u8),
                 map_len,
                 geo,
+                watch: sigbus::register(base as *mut u8, map_len),
             })
         }
     }
@@ -271,6 +274,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        sigbus::unregister(&self.watch);
         // SAFETY: exactly the region mapped in `map`.
         unsafe {
             let _ = munmap(self.base.as_ptr() as *mut c_void, self.map_len);
