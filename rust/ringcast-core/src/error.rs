@@ -94,10 +94,19 @@ impl Error {
             source: e.into(),
         }
     }
+    /// `Corrupt`; where this process found a segment of that name shrunk under it, the
+    /// damage is the shrink's doing and the error says so.
     pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
+        use crate::segment::sigbus;
+        let why = why.into();
+        let why = if sigbus::damaged_named(name) {
+            format!("{} (seen as: {why})", sigbus::SHRUNK)
+        } else {
+            why
+        };
         Error::Corrupt {
             name: name.to_owned(),
-            why: why.into(),
+            why,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::proc;
 pub mod inspect;
 pub mod layout;
 pub mod members;
-mod sigbus;
+pub(crate) mod sigbus;
 pub(crate) mod space;
 
 pub use inspect::{
@@ -217,7 +217,7 @@ impl Segment {
                 base: NonNull::new_unchecked(base as *mut u8),
                 map_len,
                 geo,
-                watch: sigbus::register(base as *mut u8, map_len),
+                watch: sigbus::register(name, base as *mut u8, map_len),
             })
         }
     }

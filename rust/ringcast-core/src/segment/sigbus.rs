@@ -23,11 +23,12 @@
 //! was made sparse (by an older ringcast or another tool).
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
 use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
 
+use super::layout::fnv1a;
 use super::Segment;
 use crate::error::{Error, Result};
 
@@ -36,12 +37,13 @@ use crate::error::{Error, Result};
 const ENTRIES: usize = 4096;
 
 /// One mapping: `base == 0` is a free entry. `len` is written before `base` (release) and
-/// read after it (acquire).
+/// read after it (acquire). `name` is a hash of the segment's name, for [`damaged_named`].
 struct Entry {
     taken: AtomicBool,
     base: AtomicUsize,
     len: AtomicUsize,
     damaged: AtomicBool,
+    name: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // the array initialiser, copied per entry
@@ -50,6 +52,7 @@ const FREE: Entry = Entry {
     base: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
     damaged: AtomicBool::new(false),
+    name: AtomicU64::new(0),
 };
 
 static TABLE: [Entry; ENTRIES] = [FREE; ENTRIES];
@@ -63,8 +66,9 @@ static INSTALL: Once = Once::new();
 #[derive(Debug)]
 pub(super) struct Watch(Option<usize>);
 
-/// Enter the mapping `[base, base + len)` in the table (installing the handler on first use).
-pub(super) fn register(base: *mut u8, len: usize) -> Watch {
+/// Enter the mapping `[base, base + len)` of segment `name` in the table (installing the
+/// handler on first use).
+pub(super) fn register(name: &str, base: *mut u8, len: usize) -> Watch {
     INSTALL.call_once(install);
     for (i, e) in TABLE.iter().enumerate() {
         if e.taken
@@ -72,6 +76,7 @@ pub(super) fn register(base: *mut u8, len: usize) -> Watch {
             .is_ok()
         {
             e.damaged.store(false, Ordering::Relaxed);
+            e.name.store(fnv1a(name.as_bytes()), Ordering::Relaxed);
             e.len.store(len, Ordering::Relaxed);
             e.base.store(base as usize, Ordering::Release);
             USED.fetch_max(i + 1, Ordering::AcqRel);
@@ -94,6 +99,18 @@ pub(super) fn unregister(w: &Watch) {
 /// Whether the handler found this mapping shrunk under the process.
 fn damaged(w: &Watch) -> bool {
     w.0.is_some_and(|i| TABLE[i].damaged.load(Ordering::Relaxed))
+}
+
+/// Whether a segment named `name` mapped in this process was found shrunk: then whatever
+/// looks damaged in it is the shrink's doing ([`Error::corrupt`] says so). Error paths only.
+pub(crate) fn damaged_named(name: &str) -> bool {
+    let h = fnv1a(name.as_bytes());
+    let used = USED.load(Ordering::Acquire).min(ENTRIES);
+    TABLE[..used].iter().any(|e| {
+        e.base.load(Ordering::Acquire) != 0
+            && e.damaged.load(Ordering::Relaxed)
+            && e.name.load(Ordering::Relaxed) == h
+    })
 }
 
 impl Segment {
@@ -119,14 +136,17 @@ impl Segment {
     }
 }
 
+/// Why a segment whose memory was taken away is unusable.
+pub(crate) const SHRUNK: &str = "its shared memory was taken away under this process: \
+    another process shrank the object (ftruncate), or /dev/shm could not supply a page; this \
+    handle can no longer be used (close it, and recreate the queue)";
+
 /// The error of a segment whose memory was taken away.
 fn shrunk(name: &str) -> Error {
-    Error::corrupt(
-        name,
-        "its shared memory was taken away under this process: another process shrank the \
-         object (ftruncate), or /dev/shm could not supply a page; this handle can no longer \
-         be used (close it, and recreate the queue)",
-    )
+    Error::Corrupt {
+        name: name.to_owned(),
+        why: SHRUNK.to_owned(),
+    }
 }
 
 /// Install the process-wide handler, keeping the previous action for faults not ours.
@@ -237,7 +257,7 @@ mod tests {
     #[test]
     fn entries_are_reused() {
         let mut x = [0u8; 64];
-        let w = register(x.as_mut_ptr(), x.len());
+        let w = register("x", x.as_mut_ptr(), x.len());
         let i = w.0.expect("an entry");
         assert!(!damaged(&w));
         unregister(&w);
