@@ -2,6 +2,8 @@
 //! classes of `ringcast.errors`. The classes are looked up once per process (on the first
 //! error) and cached.
 
+use std::time::Duration;
+
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -31,6 +33,14 @@ pub fn empty(timeout: Option<f64>) -> BindError {
         Some(t) if t > 0.0 => format!("no message within {t} s"),
         _ => "no message available".to_owned(),
     })
+}
+
+/// `Timeout` after waiting `timeout` seconds (`None` or negative: 0) for `what`.
+pub fn timed_out(timeout: Option<f64>, what: &'static str) -> BindError {
+    BindError::Core(Error::Timeout(
+        Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
+        what,
+    ))
 }
 
 impl From<Error> for BindError {

@@ -11,7 +11,7 @@ use super::layout::{
     read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader, HEADER_PAGE, MAGIC,
     MEMBER_BYTES,
 };
-use super::members::{Member, KIND_GROUP, M_FREE};
+use super::members::{Member, KIND_GROUP, M_CLAIMING, M_FREE, M_FREEING};
 use super::{errno_to, now_unix_ns, shm_path, unlink};
 use crate::error::{Error, Result};
 use crate::proc;
@@ -39,7 +39,12 @@ impl SegmentInfo {
         if self.members_alive > 0 {
             return false;
         }
-        let creator_alive = proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
+        let creator_alive = proc::alive(
+            self.raw.creator_pid,
+            self.raw.creator_start,
+            u64::MAX,
+            self.raw.creator_ns,
+        );
         let age = now_unix_ns().saturating_sub(self.raw.created_unix_ns);
         !creator_alive || u128::from(age) > STALE_AGE.as_nanos()
     }
@@ -63,11 +68,22 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         if state == M_FREE || u32_at(slot, offset_of!(Member, kind)) == KIND_GROUP {
             continue;
         }
+        if state == M_FREEING {
+            continue;
+        }
         let pid = u32_at(slot, offset_of!(Member, pid));
-        if proc::alive(pid, u64_at(slot, offset_of!(Member, start)), u64::MAX) {
-            alive += 1;
-        } else {
+        if state == M_CLAIMING && pid == 0 {
+            alive += 1; // being claimed right now
+            continue;
+        }
+        // Dead only on positive evidence: a member of another pid namespace (another
+        // container) or one this process cannot judge counts as alive.
+        let start = u64_at(slot, offset_of!(Member, start));
+        let ns = u64_at(slot, offset_of!(Member, ns));
+        if proc::liveness(pid, start, u64::MAX, ns).is_dead() {
             dead += 1;
+        } else {
+            alive += 1;
         }
     }
     Ok(SegmentInfo {
@@ -99,7 +115,7 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     raw.magic == 0
         && raw.sealed_without_magic
         && raw.creator_pid != 0
-        && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
+        && proc::liveness(raw.creator_pid, raw.creator_start, u64::MAX, raw.creator_ns).is_dead()
 }
 
 /// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).

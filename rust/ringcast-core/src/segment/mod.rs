@@ -48,7 +48,7 @@ pub use layout::{
 };
 pub use members::{
     Member, MemberId, FLAG_LOSSY, KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER,
-    MEMBER_NAME_BYTES, M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN,
+    MEMBER_NAME_BYTES, M_ACTIVE, M_CLAIMING, M_FREE, M_FREEING, M_ORPHAN, NO_PIN,
 };
 
 use layout::{fnv1a, read_geometry, ATTACH_GRACE, STATIC_BYTES};
@@ -129,6 +129,7 @@ impl Segment {
             let me = proc::current();
             h.creator_pid.store(me.pid, Ordering::Relaxed);
             h.creator_start.store(me.start, Ordering::Relaxed);
+            h.creator_ns.store(proc::pid_ns(), Ordering::Relaxed);
             h.version.store(VERSION, Ordering::Relaxed);
             h.kind.store(geo.kind, Ordering::Relaxed);
             h.total_size.store(geo.total_size, Ordering::Relaxed);

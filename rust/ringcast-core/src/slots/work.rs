@@ -30,6 +30,7 @@ impl SlotRing {
             h.creator_pid.load(Ordering::Relaxed),
             h.creator_start.load(Ordering::Relaxed),
             u64::MAX,
+            h.creator_ns.load(Ordering::Relaxed),
         )
     }
 
