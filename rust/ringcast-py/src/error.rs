@@ -100,6 +100,7 @@ struct Classes {
     busy: Py<PyType>,
     worker_died: Py<PyType>,
     os_error: Py<PyType>,
+    no_space: Py<PyType>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -129,6 +130,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             busy: get("HandleBusy")?,
             worker_died: get("WorkerDied")?,
             os_error: get("RingcastOSError")?,
+            no_space: get("NoShmSpace")?,
         })
     })
 }
@@ -176,6 +178,9 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
             let errno = source.raw_os_error().unwrap_or(0);
             return new(py, &c.os_error, (errno, msg));
         }
+        Error::NoSpace {
+            asked, free, total, ..
+        } => return new(py, &c.no_space, (msg, asked, free, total)),
         Error::Interrupted => return PyKeyboardInterrupt::new_err("interrupted"),
     };
     new(py, cls, (msg,))
@@ -343,6 +348,20 @@ mod tests {
             assert_eq!(attr::<String>(&v, "strerror"), msg);
             assert!(v.is_instance_of::<pyo3::exceptions::PyOSError>());
             assert_eq!(v.get_type().name().unwrap().to_string(), "RingcastOSError");
+
+            let ns = Error::NoSpace {
+                name: s(),
+                asked: 128 << 20,
+                free: 60 << 20,
+                total: 64 << 20,
+            };
+            let v = raised(py, ns, "NoShmSpace");
+            assert!(v.is_instance(&cls).unwrap()); // a RingcastOSError
+            assert!(v.is_instance_of::<pyo3::exceptions::PyOSError>());
+            assert_eq!(attr::<i32>(&v, "errno"), ENOSPC);
+            assert_eq!(attr::<u64>(&v, "asked"), 128 << 20);
+            assert_eq!(attr::<u64>(&v, "free"), 60 << 20);
+            assert_eq!(attr::<u64>(&v, "total"), 64 << 20);
         });
     }
 
@@ -385,6 +404,8 @@ mod tests {
 
     /// "No such file or directory" on Linux and macOS.
     const ENOENT: i32 = 2;
+    /// "No space left on device" on Linux and macOS.
+    const ENOSPC: i32 = 28;
 
     #[test]
     fn empty_and_interrupted() {

@@ -198,6 +198,7 @@ impl PyQueue {
             align: 8,
             mode,
         };
+        opts.check_capacity()?;
         let access = access(mode, allow_users)?;
         PyQueue::build(py, name, create, opts, access, sender, spin_us)
     }

@@ -214,6 +214,7 @@ impl Queue {
             &h.data_wait.pair(),
             spec,
             || {
+                self.seg.probe()?; // a shrink no access of ours ran into
                 if self.group_has_work(id)? {
                     return Ok(Some(()));
                 }

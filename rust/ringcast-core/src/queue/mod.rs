@@ -23,6 +23,7 @@ use crate::segment::{
     self, Access, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
 };
 
+mod capacity;
 mod groups;
 mod lock;
 mod members;
@@ -32,6 +33,7 @@ mod record;
 mod stats;
 mod write;
 
+pub use capacity::min_capacity;
 pub use read::Filter;
 pub use record::{record_len, RecordRef, RECORD_HEADER};
 pub use stats::{MemberStats, Stats};

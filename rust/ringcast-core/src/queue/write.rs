@@ -304,6 +304,7 @@ impl Queue {
         let (g, tail) = self.acquire_space(n, spec, grace, on_slice)?;
         let seq = self.log().write_seq.load(Ordering::Relaxed);
         self.write_record(tail, seq, sender, typ, body, body_len);
+        self.seg.check_intact()?; // the copy ran into a shrunk segment: publish nothing
         self.publish(tail + n, seq);
         drop(g);
         self.header().data_wait.pair().notify();

@@ -36,6 +36,8 @@ pub mod access;
 pub mod inspect;
 pub mod layout;
 pub mod members;
+pub(crate) mod sigbus;
+pub(crate) mod space;
 
 pub use access::Access;
 pub use inspect::{
@@ -84,6 +86,7 @@ pub struct Segment {
     base: NonNull<u8>,
     map_len: usize,
     geo: Geometry,
+    watch: sigbus::Watch,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or raw copies whose
@@ -123,6 +126,7 @@ impl Segment {
         let made = (|| {
             access::set_mode(&bare, &fd, mode)?;
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
+            space::reserve(&fd, &bare, geo.total_size)?;
             let seg = Segment::map(&bare, &fd, geo)?;
             let h = seg.header();
             let me = proc::current();
@@ -217,6 +221,7 @@ impl Segment {
                 base: NonNull::new_unchecked(base as *mut u8),
                 map_len,
                 geo,
+                watch: sigbus::register(name, base as *mut u8, map_len),
             })
         }
     }
@@ -273,6 +278,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        sigbus::unregister(&self.watch);
         // SAFETY: exactly the region mapped in `map`.
         unsafe {
             let _ = munmap(self.base.as_ptr() as *mut c_void, self.map_len);
