@@ -306,7 +306,8 @@ class PySyncQ:
             # Can never fit: fail at once (pysyncq waited; D6), and before the core's own
             # field-size checks, so an oversized type still raises MemoryError as in pysyncq.
             raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.")
-        end = None if timeout is None else time.monotonic() + timeout
+        # A non-blocking append (timeout 0) never reads the clock: it fails at the first try.
+        end = None if timeout is None else (time.monotonic() + timeout if timeout else 0.0)
         wait = 0.0  # the first attempt never waits: room held by our own backlog comes first
         retry = _APPEND_RETRY
         while True:
