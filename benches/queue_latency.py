@@ -24,6 +24,13 @@ sequence number, in order; a lost, duplicated or reordered message fails the run
     python benches/queue_latency.py            # 64 B, 4 KiB, 64 KiB, 20k round trips
     python benches/queue_latency.py --quick    # 64 B, 5k round trips
     python benches/queue_latency.py --json     # only a JSON list of records on stdout
+    python benches/queue_latency.py --quick --neighbour --impl ringcast-spin --impl pysyncq
+                                               # beside one CPU-bound (busy-looping) process
+
+With --neighbour one busy-looping process runs, unpinned, for the whole measurement: on a
+2-core machine it shares a core with ping or pong, where a waiter that spins only delays the
+peer it waits for. ringcast's spin is adaptive (it stops while more threads are runnable
+than there are CPUs, and where spins rarely succeed), so it should not lose to pysyncq there.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from queue_throughput import (  # noqa: E402  (the shared harness lives beside t
     zmq_addr,
     zmq_teardown,
 )
+from queue_throughput import neighbour as cpu_neighbour  # noqa: E402
 
 IMPL_ORDER = [
     "ringcast-spin",
@@ -617,6 +625,11 @@ def main(argv=None):
     ap.add_argument(
         "--no-pin", action="store_true", help="let the scheduler place ping and pong (noisier)"
     )
+    ap.add_argument(
+        "--neighbour",
+        action="store_true",
+        help="run beside one CPU-bound (busy-looping) process",
+    )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     note_out = sys.stderr if args.json else sys.stdout
@@ -628,7 +641,8 @@ def main(argv=None):
         where = (
             f"ping on CPU {cpus[0]}, pong on CPU {cpus[1]}" if cpus[0] is not None else "unpinned"
         )
-        print(f"{n:,} round trips after {warm:,} warm-up ones; {where}")
+        with_n = "; beside one CPU-bound neighbour" if args.neighbour else ""
+        print(f"{n:,} round trips after {warm:,} warm-up ones; {where}{with_n}")
     janitor = ShmJanitor()
     impls = []
     for impl in args.impl or IMPL_ORDER:
@@ -639,26 +653,8 @@ def main(argv=None):
             impls.append(impl)
     records = []
     try:
-        for payload in payloads:
-            for impl in impls:
-                t = time.perf_counter()
-                try:
-                    p50, p99 = run_case(impl, payload, n, warm, cpus)
-                except BenchError as e:
-                    raise SystemExit(f"FAILED {impl} {fmt_payload(payload)}: {e}") from None
-                rec = {
-                    "impl": impl,
-                    "payload": payload,
-                    "rtt_us_p50": round(p50, 2),
-                    "rtt_us_p99": round(p99, 2),
-                }
-                records.append(rec)
-                if not args.json:
-                    print(
-                        f"{impl:>16} {fmt_payload(payload):>7}: p50 {p50:9.2f} us  "
-                        f"p99 {p99:9.2f} us  ({n:,} round trips, {time.perf_counter() - t:.1f} s)",
-                        flush=True,
-                    )
+        with cpu_neighbour(args.neighbour):
+            _run_all(args, impls, payloads, n, warm, cpus, records)
     finally:
         left = janitor.clean()
         if left:
@@ -669,6 +665,31 @@ def main(argv=None):
         print_table(records, impls)
         print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _run_all(args, impls, payloads, n, warm, cpus, records):
+    """Every case of ``main``, appended to ``records``."""
+    for payload in payloads:
+        for impl in impls:
+            t = time.perf_counter()
+            try:
+                p50, p99 = run_case(impl, payload, n, warm, cpus)
+            except BenchError as e:
+                raise SystemExit(f"FAILED {impl} {fmt_payload(payload)}: {e}") from None
+            rec = {
+                "impl": impl,
+                "payload": payload,
+                "rtt_us_p50": round(p50, 2),
+                "rtt_us_p99": round(p99, 2),
+                "neighbour": args.neighbour,
+            }
+            records.append(rec)
+            if not args.json:
+                print(
+                    f"{impl:>16} {fmt_payload(payload):>7}: p50 {p50:9.2f} us  "
+                    f"p99 {p99:9.2f} us  ({n:,} round trips, {time.perf_counter() - t:.1f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,18 @@ the bare ring copies out once into a preallocated numpy buffer; the lease path c
     python benches/queue_throughput.py            # full run, best of 3 (about 2 minutes)
     python benches/queue_throughput.py --quick    # under a minute
     python benches/queue_throughput.py --json     # only a JSON list of records on stdout
+    python benches/queue_throughput.py --quick --neighbour --impl ringcast --impl pysyncq
+                                                  # with one CPU-bound process beside it
+
+--neighbour starts one busy-looping process (unpinned, as a CPU-bound job on a shared host
+would be) for the whole measurement: on a 2-core machine it takes one core, so a waiter that
+spins takes the core its peer needs. ringcast's adaptive spin stops spinning then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import glob
 import json
@@ -202,6 +209,31 @@ def _collect(events, procs, kind, deadline, results, end_after, end=None):
             results[role] = value
         if what in (kind, "done"):
             pending.discard(role)
+
+
+# ---------------------------------------------------------------- a CPU-bound neighbour
+
+
+def _busy_loop():
+    x = 0
+    while True:
+        x += 1
+
+
+@contextlib.contextmanager
+def neighbour(on=True):
+    """One busy-looping process (a CPU-bound neighbour) while the block runs."""
+    if not on:
+        yield None
+        return
+    p = ctx.Process(target=_busy_loop, daemon=True)
+    p.start()
+    try:
+        time.sleep(0.2)  # let it get going (and the scheduler notice it)
+        yield p
+    finally:
+        p.kill()
+        p.join(5)
 
 
 # ---------------------------------------------------------------- availability
@@ -1009,6 +1041,11 @@ def main(argv=None):
         default=20.0,
         help="ringcast's spin window in µs (default 20, the library default)",
     )
+    ap.add_argument(
+        "--neighbour",
+        action="store_true",
+        help="run beside one CPU-bound (busy-looping) process",
+    )
     args = ap.parse_args(argv)
     global RC_SPIN_US
     RC_SPIN_US = args.rc_spin_us
@@ -1026,41 +1063,11 @@ def main(argv=None):
         else:
             impls.append(impl)
     records = []
+    if args.neighbour:
+        print("with one CPU-bound neighbour process", file=note_out, flush=True)
     try:
-        for payload in payloads:
-            for readers in (1, 2):
-                # rounds interleave the implementations, so that a passing disturbance on
-                # this shared 2-core machine does not hit every run of one implementation
-                runs = {impl: [] for impl in impls}
-                for _ in range(repeat):
-                    for impl in impls:
-                        n = message_count(impl, payload, readers, seconds)
-                        try:
-                            dt = run_case(impl, payload, readers, n)
-                        except BenchError as e:
-                            raise SystemExit(
-                                f"FAILED {impl} {fmt_payload(payload)} 1->{readers} (N={n}): {e}"
-                            ) from None
-                        runs[impl].append(n / dt)
-                for impl in impls:
-                    rate = max(runs[impl])
-                    rec = {
-                        "impl": impl,
-                        "payload": payload,
-                        "readers": readers,
-                        "msgs_per_s": round(rate),
-                        "gb_per_s": round(rate * payload * readers / 1e9, 4),
-                    }
-                    records.append(rec)
-                    if not args.json:
-                        spread = f", worst {min(runs[impl]) / rate:.0%}" if repeat > 1 else ""
-                        print(
-                            f"{impl:>15} {fmt_payload(payload):>7} 1->{readers}: "
-                            f"{rate:>12,.0f} msgs/s {rec['gb_per_s']:8.3f} GB/s"
-                            f"  (N={message_count(impl, payload, readers, seconds):,}, "
-                            f"best of {repeat}{spread})",
-                            flush=True,
-                        )
+        with neighbour(args.neighbour):
+            _run_all(args, impls, payloads, repeat, seconds, records)
     finally:
         left = janitor.clean()
         if left:
@@ -1071,6 +1078,45 @@ def main(argv=None):
         print_table(records, impls)
         print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _run_all(args, impls, payloads, repeat, seconds, records):
+    """Every case of ``main``, appended to ``records``."""
+    for payload in payloads:
+        for readers in (1, 2):
+            # rounds interleave the implementations, so that a passing disturbance on
+            # this shared 2-core machine does not hit every run of one implementation
+            runs = {impl: [] for impl in impls}
+            for _ in range(repeat):
+                for impl in impls:
+                    n = message_count(impl, payload, readers, seconds)
+                    try:
+                        dt = run_case(impl, payload, readers, n)
+                    except BenchError as e:
+                        raise SystemExit(
+                            f"FAILED {impl} {fmt_payload(payload)} 1->{readers} (N={n}): {e}"
+                        ) from None
+                    runs[impl].append(n / dt)
+            for impl in impls:
+                rate = max(runs[impl])
+                rec = {
+                    "impl": impl,
+                    "payload": payload,
+                    "readers": readers,
+                    "msgs_per_s": round(rate),
+                    "gb_per_s": round(rate * payload * readers / 1e9, 4),
+                    "neighbour": args.neighbour,
+                }
+                records.append(rec)
+                if not args.json:
+                    spread = f", worst {min(runs[impl]) / rate:.0%}" if repeat > 1 else ""
+                    print(
+                        f"{impl:>15} {fmt_payload(payload):>7} 1->{readers}: "
+                        f"{rate:>12,.0f} msgs/s {rec['gb_per_s']:8.3f} GB/s"
+                        f"  (N={message_count(impl, payload, readers, seconds):,}, "
+                        f"best of {repeat}{spread})",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

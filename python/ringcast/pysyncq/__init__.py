@@ -25,6 +25,7 @@ from ..errors import (
     Timeout,
 )
 from . import header
+from ._backlog import Backlog, default_limit
 from .header import defsize, maxshmemory, qset
 
 _getpid = os.getpid
@@ -39,6 +40,13 @@ Msg = tuple[Union[str, bytes], Union[str, bytes], Union[str, bytes]]
 _POP_SLICE = 0.05
 #: How long ``close`` waits for a pop in another thread to finish its slice.
 _CLOSE_WAIT = 1.0
+#: A blocking append waits for room in slices of at most this many seconds; between two
+#: slices it moves this instance's oldest unread message out of the ring (see ``_backlog``),
+#: so it never waits for space that only its own unread messages hold.
+_APPEND_SLICE = 0.01
+#: The first slice after a move that freed nothing (another reader holds the same room):
+#: doubled at each such move in a row, up to ``_APPEND_SLICE``.
+_APPEND_RETRY = 0.0005
 _MESSAGE_HEADER = header.message_header_bytes
 _QUEUE_HEADER = header.queue_header_bytes
 
@@ -103,6 +111,12 @@ class PySyncQ:
         self._pushed: Optional[tuple[qset, int, qset, int]] = None
         # (i, slno) when the queue was closed, so str(q) keeps showing them afterwards.
         self._last_pos = (0, 0)
+        # Own unread messages moved out of the ring by a blocking append; pop reads them
+        # first (see _backlog).
+        self._backlog = Backlog()
+        #: Bytes the backlog may hold; beyond, a blocking append raises instead of moving
+        #: more of its own unread messages out of the ring.
+        self.backlog_limit = default_limit(max(size - header.queue_header_bytes, 0))
         # Serialises this object's reader between threads (the core's reader refuses
         # concurrent use with HandleBusy); see _POP_SLICE.
         self._lock = threading.RLock()
@@ -159,6 +173,8 @@ class PySyncQ:
         """Read position: byte offset of the next message inside the ring."""
         if not self._opened():
             return self._last_pos[0]
+        if self._backlog:
+            return self._backlog.entries[0][3]
         cap = self.size - header.queue_header_bytes
         return self._reader.position[0] % cap if cap else 0
 
@@ -167,6 +183,8 @@ class PySyncQ:
         """Serial number of the next message this instance reads (mod 2**64)."""
         if not self._opened():
             return self._last_pos[1]
+        if self._backlog:
+            return self._backlog.entries[0][4]
         return self._reader.position[1] % 2**64
 
     # ---------------------------------------------------------------- lifecycle
@@ -202,6 +220,7 @@ class PySyncQ:
         self._reader = self._q.reader(name=self.sender)
         self._pid = os.getpid()
         self._pushed = None
+        self._backlog = Backlog()
 
     def close(self) -> None:
         """Leave the queue. Unread messages stop being held for this process; the last
@@ -222,6 +241,7 @@ class PySyncQ:
                     pass
                 self._reader.close()
             self._reader = None
+            self._backlog = Backlog()
             if self._q is not None:
                 self._q.close()
             self._q = None
@@ -241,6 +261,7 @@ class PySyncQ:
         state["_reader"] = None
         state["_pid"] = 0
         state["_pushed"] = None
+        state["_backlog"] = Backlog()
         del state["_lock"]
         if self._q is None:
             raise HandleClosed("a closed PySyncQ cannot be sent to another process")
@@ -268,7 +289,9 @@ class PySyncQ:
 
         When the queue lacks room: ``block=False`` raises ``MemoryError`` at once;
         ``block=True`` waits up to ``timer`` seconds (``None``: for ever) and then raises.
-        A message larger than the whole queue raises at once.
+        A message larger than the whole queue raises at once. A blocking append never waits
+        for room that only this instance's own unread messages hold: it first moves them
+        into a process-local backlog that later pops deliver first, in order.
         """
         t = _encode(msgtype)
         b = _encode(msg)
@@ -283,18 +306,69 @@ class PySyncQ:
             # Can never fit: fail at once (pysyncq waited; D6), and before the core's own
             # field-size checks, so an oversized type still raises MemoryError as in pysyncq.
             raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.")
+        # A non-blocking append (timeout 0) never reads the clock: it fails at the first try.
+        end = None if timeout is None else (time.monotonic() + timeout if timeout else 0.0)
+        wait = 0.0  # the first attempt never waits: room held by our own backlog comes first
+        retry = _APPEND_RETRY
+        while True:
+            try:
+                self._q.send(b, t, timeout=wait, sender=self.sender)
+                return
+            except Full as e:
+                err = f"{e.needed} byte message > {e.free} free bytes."
+            except MessageTooLarge as e:
+                raise QueueMemoryError(
+                    f"{e.needed} byte message > {self._q.free_bytes} free bytes."
+                ) from None
+            except Timeout:
+                # The slice ran out while waiting for another writer's lock: in pysyncq's
+                # terms the message did not get room (yet).
+                err = f"{n} byte message > {self._q.free_bytes} free bytes."
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise QueueMemoryError(err) from None
+            moved = self._move_one(err)
+            if moved > 0:
+                wait, retry = 0.0, _APPEND_RETRY  # it made room: try again at once
+            elif moved == 0:
+                # Another reader holds that room too: give it a moment, then look again
+                # (it may be waiting in append itself, for room we hold with it).
+                wait, retry = retry, min(2 * retry, _APPEND_SLICE)
+            else:
+                wait = _APPEND_SLICE  # nothing of ours holds room: wait for the others
+            if left is not None:
+                wait = min(wait, left)
+
+    def _move_one(self, err: str) -> int:
+        """For a blocking append that found no room: move this instance's oldest unread
+        message out of the ring into its backlog (D13: its unread messages hold room).
+        Return the bytes that freed in the ring (0: another reader holds them too), or -1 if
+        there was nothing to move. One at a time, so that the ring keeps holding back the
+        other writers as it should: only the room this append needs is taken out of it.
+        Raise ``err`` at once if the backlog is already at ``backlog_limit``."""
+        reader = self._reader
+        if reader is None or not reader.lag:
+            return -1
+        # A pop in another thread holds the lock: it is reading the ring meanwhile, which
+        # frees the same room. Never wait for it here.
+        if not self._lock.acquire(blocking=False):
+            return -1
         try:
-            self._q.send(b, t, timeout=timeout, sender=self.sender)
-        except Full as e:
-            raise QueueMemoryError(f"{e.needed} byte message > {e.free} free bytes.") from None
-        except MessageTooLarge as e:
-            raise QueueMemoryError(
-                f"{e.needed} byte message > {self._q.free_bytes} free bytes."
-            ) from None
-        except Timeout:
-            # The timer ran out while waiting for another writer's lock: in pysyncq's terms
-            # the message did not get room in time.
-            raise QueueMemoryError(f"{n} byte message > {self._q.free_bytes} free bytes.") from None
+            if self._reader is not reader:  # closed meanwhile
+                return -1
+            if self._backlog.nbytes >= self.backlog_limit:
+                raise QueueMemoryError(
+                    f"{err} This process's own unread messages hold the room, and "
+                    f"{self._backlog.nbytes} bytes of them are already kept in its backlog "
+                    f"(backlog_limit={self.backlog_limit}): pop them"
+                )
+            free = self._q.free_bytes
+            self._pushed = None  # take_one clears the reader's screens
+            if not self._backlog.take_one(reader, self.size - _QUEUE_HEADER):
+                return -1
+            return max(self._q.free_bytes - free, 0)
+        finally:
+            self._lock.release()
 
     def _sync_screens(self) -> None:
         s, t = self._scrnsend, self._scrntype
@@ -320,6 +394,10 @@ class PySyncQ:
                 reader = self._reader
                 if reader is None:  # closed by another thread meanwhile
                     self._need_open("pop()")
+                if self._backlog:
+                    m = self._backlog.pop(self._scrnsend, self._scrntype, decode)
+                    if m is not None:
+                        return m
                 self._sync_screens()
                 return reader._pop(0.0, decode)
         end: Optional[float] = None
@@ -335,6 +413,10 @@ class PySyncQ:
                 timeout = min(_POP_SLICE, max(end - time.monotonic(), 0.0))
             with self._lock:
                 self._need_open("pop()")  # another thread may have closed it meanwhile
+                if self._backlog:
+                    m = self._backlog.pop(self._scrnsend, self._scrntype, decode)
+                    if m is not None:
+                        return m
                 self._sync_screens()
                 m = self._reader._pop(timeout, decode)
             if m is not None or timeout < _POP_SLICE:
