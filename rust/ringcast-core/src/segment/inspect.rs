@@ -1,5 +1,8 @@
 //! Looking at segments without mapping them: `ringcast ls` (listing and inspecting),
 //! recognising what a dead creator or dead members left behind, and `ringcast gc`.
+//!
+//! A creation's scratch object (see [`super::creation`]) is listed too: as being created
+//! while its creator holds its lock, as abandoned (and stale) once it does not.
 
 use std::mem::offset_of;
 use std::time::Duration;
@@ -7,9 +10,10 @@ use std::time::Duration;
 use rustix::fs::{fstat, Mode};
 use rustix::shm;
 
+use super::creation::{self, claim_for_removal, is_scratch, scratch_state, Claim, Creation};
 use super::layout::{
-    read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader, HEADER_PAGE, MAGIC,
-    MEMBER_BYTES,
+    parse_raw, read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader,
+    HEADER_PAGE, MAGIC, MEMBER_BYTES, RAW_HEADER_BYTES,
 };
 use super::members::{Member, KIND_GROUP, M_FREE};
 use super::{errno_to, now_unix_ns, shm_path, unlink};
@@ -31,11 +35,19 @@ pub struct SegmentInfo {
     pub size: u64,
     pub members_alive: u32,
     pub members_dead: u32,
+    /// Whether it is a finished segment, or a creation's scratch object still being made
+    /// or abandoned by its creator.
+    pub creation: Creation,
 }
 
 impl SegmentInfo {
     /// Whether nothing alive uses the segment any more (safe to remove).
     pub fn is_stale(&self) -> bool {
+        match self.creation {
+            Creation::Abandoned => return true,
+            Creation::InProgress => return false,
+            Creation::Done => {}
+        }
         if self.members_alive > 0 {
             return false;
         }
@@ -51,6 +63,9 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     let bare = path[1..].to_owned();
     let fd = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty())
         .map_err(|e| errno_to("open", &bare, e))?;
+    if is_scratch(&bare) {
+        return inspect_scratch(bare, &fd);
+    }
     let geo = read_geometry(&bare, &fd, Duration::ZERO)?;
     let raw = read_raw(&fd, geo.total_size)
         .map_err(|e| Error::os("read", &bare, e))?
@@ -76,12 +91,31 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         size: geo.total_size,
         members_alive: alive,
         members_dead: dead,
+        creation: Creation::Done,
     })
 }
 
-/// Whether `name` is what a creator killed mid-creation leaves behind: a header whose magic
-/// was never written, whose other static fields check out, and whose recorded creator is
-/// dead. Anything else (including foreign objects) is not touched.
+/// What `ls` shows of a creation's scratch object: whatever header it has so far.
+fn inspect_scratch(name: String, fd: &std::os::fd::OwnedFd) -> Result<SegmentInfo> {
+    let size = fstat(fd).map_err(|e| Error::os("stat", &name, e))?.st_size as u64;
+    let raw = match read_raw(fd, size) {
+        Ok(Some(raw)) => raw,
+        _ => parse_raw(&[0; RAW_HEADER_BYTES]),
+    };
+    Ok(SegmentInfo {
+        creation: scratch_state(fd),
+        name,
+        raw,
+        size,
+        members_alive: 0,
+        members_dead: 0,
+    })
+}
+
+/// Whether `name` is what a creator killed mid-creation leaves behind: a creation's scratch
+/// object whose creator no longer holds its lock, or (left by older versions under the name
+/// itself) a header whose magic was never written, whose other static fields check out, and
+/// whose recorded creator is dead. Anything else (including foreign objects) is not touched.
 pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
@@ -89,6 +123,9 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else {
         return false;
     };
+    if is_scratch(name) {
+        return scratch_state(&fd) == Creation::Abandoned;
+    }
     let Ok(st) = fstat(&fd) else { return false };
     let Ok(Some(raw)) = read_raw(&fd, st.st_size as u64) else {
         return false;
@@ -102,7 +139,8 @@ pub fn is_abandoned_creation(name: &str) -> bool {
         && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
 }
 
-/// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).
+/// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic), and of
+/// creations in progress or abandoned (scratch objects).
 pub fn list_names() -> Vec<String> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
@@ -117,6 +155,10 @@ pub fn list_names() -> Vec<String> {
             continue;
         };
         if name.starts_with("sem.") {
+            continue;
+        }
+        if is_scratch(&name) {
+            out.push(name);
             continue;
         }
         let mut magic = [0u8; 8];
@@ -136,8 +178,24 @@ pub fn list_names() -> Vec<String> {
 }
 
 /// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died).
-/// Returns true if it was removed.
+/// Returns true if it was removed (or is gone).
+///
+/// The check and the unlink happen under the segment's exclusive lock, which is refused while
+/// any live process has the segment mapped or is creating it, and which attachers wait for:
+/// no process can attach between the check and the unlink and be left on the removed copy.
 pub fn remove_if_stale(name: &str) -> bool {
+    let Ok(path) = shm_path(name) else {
+        return false;
+    };
+    let _held = match claim_for_removal(&path) {
+        Claim::Held(fd) => fd,
+        Claim::Gone => return true,
+        Claim::InUse => return false,
+    };
+    if creation::is_scratch(name) {
+        // Held exclusively: its creator no longer holds it, so the creation was abandoned.
+        return unlink(name).is_ok();
+    }
     match inspect(name) {
         Ok(info) if info.is_stale() => unlink(name).is_ok(),
         Ok(_) => false,

@@ -32,10 +32,12 @@ use rustix::shm;
 use crate::error::{Error, Result};
 use crate::proc;
 
+pub mod creation;
 pub mod inspect;
 pub mod layout;
 pub mod members;
 
+pub use creation::{is_scratch, Creation, SCRATCH_PREFIX};
 pub use inspect::{
     gc, inspect, is_abandoned_creation, list_names, remove_if_stale, SegmentInfo, STALE_AGE,
 };
@@ -82,6 +84,9 @@ pub struct Segment {
     base: NonNull<u8>,
     map_len: usize,
     geo: Geometry,
+    /// The descriptor the segment was mapped from, kept open for its shared lock: while it
+    /// is held nothing removes the segment as stale (see [`creation`]).
+    lock: OwnedFd,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or raw copies whose
@@ -108,19 +113,23 @@ fn now_unix_ns() -> u64 {
 
 impl Segment {
     /// Create a new segment. Fails with [`Error::Exists`] if the name is taken.
-    /// On any failure nothing is left in `/dev/shm`.
+    /// On any failure nothing is left in `/dev/shm`. The name appears only once the segment
+    /// is whole, so attachers never see it half-made.
     pub fn create(name: &str, geo: Geometry, mode: u32) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = shm::open(
-            path.as_str(),
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_bits_truncate(mode),
-        )
-        .map_err(|e| errno_to("create", &bare, e))?;
+        // Made under a scratch name, published under `path` once whole (see [`creation`]).
+        let (draft, fd) = creation::Draft::open(&path, &bare, mode, |scratch| {
+            shm::open(
+                scratch,
+                shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(|e| errno_to("create", &bare, e))
+        })?;
         let made = (|| {
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
-            let seg = Segment::map(&bare, &fd, geo)?;
+            let seg = Segment::map(&bare, fd, geo)?;
             let h = seg.header();
             let me = proc::current();
             h.creator_pid.store(me.pid, Ordering::Relaxed);
@@ -145,19 +154,19 @@ impl Segment {
             h.checksum.store(fnv1a(&statics), Ordering::Relaxed);
             h.magic.store(MAGIC, Ordering::Release);
             Ok(seg)
-        })();
-        if made.is_err() {
-            let _ = shm::unlink(path.as_str());
-        }
-        made
+        })()?;
+        draft.publish(&made.lock, &path, &bare)?;
+        Ok(made)
     }
 
     /// Attach to an existing segment of the given kind, validating its header.
     pub fn attach(name: &str, kind: u32) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty())
-            .map_err(|e| errno_to("open", &bare, e))?;
+        let fd = creation::open_shared(&path, &bare, || {
+            shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty())
+                .map_err(|e| errno_to("open", &bare, e))
+        })?;
         let geo = read_geometry(&bare, &fd, ATTACH_GRACE)?;
         if geo.kind != kind {
             return Err(Error::corrupt(
@@ -168,10 +177,10 @@ impl Segment {
                 ),
             ));
         }
-        Segment::map(&bare, &fd, geo)
+        Segment::map(&bare, fd, geo)
     }
 
-    fn map(name: &str, fd: &OwnedFd, geo: Geometry) -> Result<Segment> {
+    fn map(name: &str, fd: OwnedFd, geo: Geometry) -> Result<Segment> {
         let hs = geo.header_size as usize;
         let rs = geo.ring_size as usize;
         let map_len = hs + 2 * rs;
@@ -213,6 +222,7 @@ impl Segment {
                 base: NonNull::new_unchecked(base as *mut u8),
                 map_len,
                 geo,
+                lock: fd,
             })
         }
     }
