@@ -147,8 +147,8 @@ def test_creator_killed_during_creation_never_blocks_the_name(shm_name):
         with BroadcastQueue(shm_name, create=True, capacity=1 << 16) as q, q.reader() as r:
             q.send(b"fresh")
             assert r.recv(timeout=1).body == b"fresh"
-        removed = set(ringcast.gc())
-        assert set(left) - {shm_name} <= removed, (left, removed)
+        collected = set(ringcast.gc())
+        assert set(left) - {shm_name} <= collected, (left, collected)
         assert _entries("") - before == set(), "leftovers after gc"
     assert stops > 0
 
