@@ -28,7 +28,12 @@ fn make_stale_queue_and_exit() {
 
 fn make_stale(name: &str) {
     let st = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "make_stale_queue_and_exit", "--ignored", "--quiet"])
+        .args([
+            "--exact",
+            "make_stale_queue_and_exit",
+            "--ignored",
+            "--quiet",
+        ])
         .env("RC_STALE_NAME", name)
         .output()
         .unwrap();
@@ -43,6 +48,8 @@ fn a_stale_queue_mapped_by_a_live_process_is_never_replaced_under_it() {
     make_stale(&name);
     // A process that has attached but not joined yet (the moment between the two).
     let old = Queue::attach(&name).unwrap();
+    let info = inspect(&name).unwrap();
+    assert!(info.mapped && !info.is_stale(), "{info:?}");
     match Queue::create(&name, opts(8192, 8)) {
         Err(Error::Exists(_)) => {}
         Err(e) => panic!("unexpected error {e}"),

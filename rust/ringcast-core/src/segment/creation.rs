@@ -102,7 +102,7 @@ fn try_lock(fd: &OwnedFd, kind: Lock) -> rustix::io::Result<bool> {
 
 /// Whether some open file description holds a lock on the object that conflicts with an
 /// exclusive one (without taking anything; works on a read-only descriptor).
-fn locked_by_someone(fd: &OwnedFd) -> rustix::io::Result<bool> {
+pub(super) fn locked_by_someone(fd: &OwnedFd) -> rustix::io::Result<bool> {
     let mut fl = flock_of(libc::F_WRLCK);
     // SAFETY: fcntl(F_OFD_GETLK) fills in the flock struct we pass, nothing else.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };

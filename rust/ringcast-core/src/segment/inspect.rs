@@ -5,6 +5,7 @@
 //! while its creator holds its lock, as abandoned (and stale) once it does not.
 
 use std::mem::offset_of;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rustix::fs::{fstat, Mode};
@@ -38,6 +39,9 @@ pub struct SegmentInfo {
     /// Whether it is a finished segment, or a creation's scratch object still being made
     /// or abandoned by its creator.
     pub creation: Creation,
+    /// Whether some live process has it mapped (holds its shared lock), or its lock could
+    /// not be read.
+    pub mapped: bool,
 }
 
 impl SegmentInfo {
@@ -48,7 +52,7 @@ impl SegmentInfo {
             Creation::InProgress => return false,
             Creation::Done => {}
         }
-        if self.members_alive > 0 {
+        if self.mapped || self.members_alive > 0 {
             return false;
         }
         let creator_alive = proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
@@ -66,12 +70,18 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     if is_scratch(&bare) {
         return inspect_scratch(bare, &fd);
     }
-    let geo = read_geometry(&bare, &fd, Duration::ZERO)?;
-    let raw = read_raw(&fd, geo.total_size)
+    let mapped = creation::locked_by_someone(&fd).unwrap_or(true);
+    inspect_open(bare, &fd, mapped)
+}
+
+/// [`inspect`] of an open segment; `mapped` as [`SegmentInfo::mapped`].
+fn inspect_open(bare: String, fd: &OwnedFd, mapped: bool) -> Result<SegmentInfo> {
+    let geo = read_geometry(&bare, fd, Duration::ZERO)?;
+    let raw = read_raw(fd, geo.total_size)
         .map_err(|e| Error::os("read", &bare, e))?
         .ok_or_else(|| Error::corrupt(&bare, "its header went away while it was read"))?;
     let mut table = vec![0u8; MEMBER_BYTES * geo.max_members as usize];
-    read_exact_at(&fd, &mut table, HEADER_PAGE as u64).map_err(|e| Error::os("read", &bare, e))?;
+    read_exact_at(fd, &mut table, HEADER_PAGE as u64).map_err(|e| Error::os("read", &bare, e))?;
     let (mut alive, mut dead) = (0, 0);
     for slot in table.chunks_exact(MEMBER_BYTES) {
         let state = u32_at(slot, offset_of!(Member, state));
@@ -92,11 +102,12 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         members_alive: alive,
         members_dead: dead,
         creation: Creation::Done,
+        mapped,
     })
 }
 
 /// What `ls` shows of a creation's scratch object: whatever header it has so far.
-fn inspect_scratch(name: String, fd: &std::os::fd::OwnedFd) -> Result<SegmentInfo> {
+fn inspect_scratch(name: String, fd: &OwnedFd) -> Result<SegmentInfo> {
     let size = fstat(fd).map_err(|e| Error::os("stat", &name, e))?.st_size as u64;
     let raw = match read_raw(fd, size) {
         Ok(Some(raw)) => raw,
@@ -109,6 +120,7 @@ fn inspect_scratch(name: String, fd: &std::os::fd::OwnedFd) -> Result<SegmentInf
         size,
         members_alive: 0,
         members_dead: 0,
+        mapped: false,
     })
 }
 
@@ -187,7 +199,7 @@ pub fn remove_if_stale(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
     };
-    let _held = match claim_for_removal(&path) {
+    let held = match claim_for_removal(&path) {
         Claim::Held(fd) => fd,
         Claim::Gone => return true,
         Claim::InUse => return false,
@@ -196,7 +208,8 @@ pub fn remove_if_stale(name: &str) -> bool {
         // Held exclusively: its creator no longer holds it, so the creation was abandoned.
         return unlink(name).is_ok();
     }
-    match inspect(name) {
+    // Held exclusively: nothing alive has it mapped (the lock excludes every shared one).
+    match inspect_open(path[1..].to_owned(), &held, false) {
         Ok(info) if info.is_stale() => unlink(name).is_ok(),
         Ok(_) => false,
         Err(Error::Corrupt { .. }) if is_abandoned_creation(name) => unlink(name).is_ok(),
