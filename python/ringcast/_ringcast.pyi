@@ -38,6 +38,7 @@ __all__ = [
 
 _Name = Union[str, bytes]
 _Names = Union[str, bytes, Iterable[Union[str, bytes]]]
+_Users = Iterable[Union[int, str]]
 
 #: The package's version: the Cargo package version the module was built from.
 __version__: str
@@ -111,6 +112,7 @@ class _SegmentInfo(TypedDict):
     members_alive: int
     members_dead: int
     creator_pid: int
+    owner: int
     stale: bool
 
 @final
@@ -157,8 +159,14 @@ class BroadcastQueue:
         sender: Optional[_Name] = None,
         mode: int = 0o600,
         spin_us: float = 20.0,
+        allow_users: Optional[_Users] = None,
     ) -> Self:
-        """Create (``create=True``), attach (``False``) or either (``None``) a queue by name."""
+        """Create (``create=True``), attach (``False``) or either (``None``) a queue by name.
+
+        ``mode`` is the exact mode of a created segment; attaching accepts a segment that its
+        group or other users may write only if ``mode`` grants the same. ``allow_users``
+        (uids or user names) are owners accepted besides this user and root.
+        """
     @property
     def name(self) -> str:
         """The segment name (``/dev/shm/<name>``)."""
@@ -528,7 +536,11 @@ def _message(
     """Rebuild a Message (what unpickling one does)."""
 
 def _attach_queue(
-    name: str, sender: Optional[_Name] = None, spin_us: float = 20.0
+    name: str,
+    sender: Optional[_Name] = None,
+    spin_us: float = 20.0,
+    mode: int = 0o600,
+    allow_users: Optional[_Users] = None,
 ) -> BroadcastQueue:
     """Attach to a queue by name (what unpickling a BroadcastQueue does)."""
 
@@ -549,7 +561,7 @@ def inspect(name: str) -> _SegmentInfo:
     """Details of one segment (read-only; raises for a missing or foreign object)."""
 
 def gc() -> list[str]:
-    """Remove every segment whose members are all dead; return their names."""
+    """Remove every segment of this user whose members are all dead; return their names."""
 
 def unlink(name: str) -> None:
     """Remove a segment name now (processes that have it mapped keep using it)."""

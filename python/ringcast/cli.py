@@ -211,6 +211,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for name in removed:
         print(f"removed {name}")
     print(f"{len(removed)} stale segment(s) removed")
+    # gc never removes another user's segment, not even as root (docs/security.md).
+    others = [s for s in segments() if s["stale"] and s["owner"] != os.geteuid()]
+    for s in others:
+        print(f"left {s['name']}: stale, but owned by uid {s['owner']} (its owner's gc removes it)")
     return 0
 
 

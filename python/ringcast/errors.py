@@ -2,11 +2,13 @@
 
 Every exception derives from :class:`RingcastError` and, where the meaning matches, also from
 the standard-library type, so existing ``except`` clauses keep working (``queue.Empty``,
-``queue.Full``, ``TimeoutError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``).
+``queue.Full``, ``TimeoutError``, ``FileNotFoundError``, ``FileExistsError``,
+``PermissionError``, ``ValueError``).
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import queue as _queue
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "SegmentNotFound",
     "SegmentExists",
     "CorruptSegment",
+    "SegmentPermissionError",
     "InvalidArgument",
     "HandleClosed",
     "NoMemberSlot",
@@ -26,6 +29,7 @@ __all__ = [
     "HandleBusy",
     "WorkerDied",
     "RingcastOSError",
+    "NoShmSpace",
     "FrameNotReady",
     "SWMRError",
     "PipelineStateError",
@@ -81,6 +85,13 @@ class CorruptSegment(RingcastError, ValueError):
     """The object is not a ringcast segment, or its contents are damaged."""
 
 
+class SegmentPermissionError(RingcastError, PermissionError):
+    """The segment object may not be used: another user owns it, users the caller did not
+    accept may write to it, it is a symbolic link or not a regular file, or this user may not
+    open it (also a :class:`PermissionError`). See docs/security.md.
+    """
+
+
 class InvalidArgument(RingcastError, ValueError):
     """An argument is out of range or of the wrong form."""
 
@@ -107,6 +118,30 @@ class WorkerDied(RingcastError, RuntimeError):
 
 class RingcastOSError(RingcastError, OSError):
     """An operating-system call failed."""
+
+
+class NoShmSpace(RingcastOSError):
+    """``/dev/shm`` has no room for a new segment, or is smaller than the segment.
+
+    Raised when the queue or ring is created (its memory is reserved then, so a full
+    ``/dev/shm`` never kills a process later with ``SIGBUS``). An :class:`OSError` with
+    ``errno`` ``ENOSPC``, like any write to a full filesystem; not a :class:`MemoryError`,
+    which means the process itself ran out of memory. ``asked`` is the size of the segment in
+    bytes, ``free`` and ``total`` the free and total bytes of ``/dev/shm`` (``total`` is 0
+    when unknown).
+    """
+
+    def __init__(self, message: str = "", asked: int = 0, free: int = 0, total: int = 0) -> None:
+        super().__init__(_errno.ENOSPC, message)
+        self.asked = asked
+        self.free = free
+        self.total = total
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, int, int]]:
+        return (type(self), (str(self.strerror), self.asked, self.free, self.total))
 
 
 class FrameNotReady(RingcastError, ValueError):

@@ -4,10 +4,12 @@ forkserver children can import them by name)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import random
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -68,9 +70,22 @@ SPAWN = mp.get_context("spawn")
 # Module level, so that spawn and forkserver children can import them.
 
 
+@contextlib.contextmanager
+def reported(q, out, *tag) -> Iterator[None]:
+    """A child's body: an exception is reported to the parent as ``("error", *tag, repr)``
+    and raised again; ``q`` is closed whatever happens."""
+    try:
+        yield
+    except BaseException as e:
+        out.put(("error", *tag, repr(e)))
+        raise
+    finally:
+        q.close()
+
+
 def child_exchange(q, idx, out, go):
     """Open, say hello, read until the parent's 'bye', report, close."""
-    try:
+    with reported(q, out, idx):
         q.open(f"c{idx}")
         out.put(("ready", idx))
         if not go.wait(JOIN_S):
@@ -85,11 +100,6 @@ def child_exchange(q, idx, out, go):
                 if m[1] == "bye":
                     break
         out.put(("got", idx, got, q.start))
-    except BaseException as e:
-        out.put(("error", idx, repr(e)))
-        raise
-    finally:
-        q.close()
 
 
 def child_open_and_wait(q, sender, out, release, delay):
@@ -105,7 +115,7 @@ def child_open_and_wait(q, sender, out, release, delay):
 
 def child_drain_later(q, out, go, done):
     """Open; on ``go`` wait a little, then read everything; close only on ``done``."""
-    try:
+    with reported(q, out):
         q.open("reader")
         out.put(("ready", os.getpid()))
         if not go.wait(JOIN_S):
@@ -114,11 +124,6 @@ def child_drain_later(q, out, go, done):
         n = len(list(q))
         out.put(("drained", n))
         done.wait(JOIN_S)
-    except BaseException as e:
-        out.put(("error", repr(e)))
-        raise
-    finally:
-        q.close()
 
 
 def child_block_in_pop(q, sender, out):
@@ -133,7 +138,7 @@ def child_block_in_pop(q, sender, out):
 
 def child_wait_for_type(q, sender, typ, out):
     """Open and read until a message of type ``typ`` arrives; report it."""
-    try:
+    with reported(q, out):
         q.open(sender)
         out.put(("ready", os.getpid()))
         got = None
@@ -143,11 +148,6 @@ def child_wait_for_type(q, sender, typ, out):
             if m is not None and m[1] == typ:
                 got = m
         out.put(("got", got))
-    except BaseException as e:
-        out.put(("error", repr(e)))
-        raise
-    finally:
-        q.close()
 
 
 def child_fill_then_block(q, out, go):
@@ -189,7 +189,7 @@ def child_oversize_forever(q, out):
 def child_late_opener(name, size, out):
     """An unrelated process: attach by name after messages were appended (D1, D8)."""
     q = pq.PySyncQ(name, create=False, size=size)
-    try:
+    with reported(q, out):
         q.open("late")
         first = q.pop()
         c0, t0 = time.process_time(), time.monotonic()
@@ -199,11 +199,6 @@ def child_late_opener(name, size, out):
         got = q.pop(block=True, timer=JOIN_S)
         after = q.pop()
         out.put(("got", got, after))
-    except BaseException as e:
-        out.put(("error", repr(e)))
-        raise
-    finally:
-        q.close()
 
 
 def mw_bodies(idx, nmsg, seed):
@@ -218,7 +213,7 @@ def mw_bodies(idx, nmsg, seed):
 
 def child_multi_writer(q, idx, nmsg, seed, total, out, go):
     """Append ``nmsg`` messages while reading everything (own messages included)."""
-    try:
+    with reported(q, out, idx):
         q.open(f"w{idx}", filtself=False)
         out.put(("ready", idx))
         if not go.wait(JOIN_S):
@@ -253,8 +248,3 @@ def child_multi_writer(q, idx, nmsg, seed, total, out, go):
                     if m is not None:
                         got.append(m)
         out.put(("got", idx, got))
-    except BaseException as e:
-        out.put(("error", idx, repr(e)))
-        raise
-    finally:
-        q.close()

@@ -512,6 +512,15 @@ def test_exit_without_close_does_not_hang_and_leaves_nothing(h5file):
     assert _mine() - before == set()
 
 
+def _reap(p: subprocess.Popen) -> None:
+    """Kill ``p`` if it still runs, wait for it and close its stdout."""
+    if p.poll() is None:
+        p.kill()
+        p.wait(10)
+    if p.stdout is not None:
+        p.stdout.close()
+
+
 def test_workers_die_with_their_parent(h5file):
     before = _mine()
     p = subprocess.Popen(
@@ -534,11 +543,7 @@ def test_workers_die_with_their_parent(h5file):
             ringcast.gc()  # segments whose members are all dead
         assert not _mine() - before
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-        if p.stdout is not None:
-            p.stdout.close()
+        _reap(p)
 
 
 def test_a_killed_consumer_of_a_native_queue_leaves_nothing_in_dev_shm(h5file):
@@ -565,8 +570,4 @@ def test_a_killed_consumer_of_a_native_queue_leaves_nothing_in_dev_shm(h5file):
         p.wait(10)
         assert _mine() - before == set(), "the ring's name outlived a SIGKILL (no gc needed)"
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-        if p.stdout is not None:
-            p.stdout.close()
+        _reap(p)

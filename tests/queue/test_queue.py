@@ -265,6 +265,81 @@ def _start_time(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
+def _hold_lock(shm_name: str, owner: int) -> None:
+    """Make the writer lock of queue ``shm_name`` look held by the live process ``owner``."""
+    import mmap
+    import struct
+
+    with open(f"/dev/shm/{shm_name}", "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
+        token = ((_start_time(owner) & 0xFFFFFFFF) << 32) | owner
+        struct.pack_into("<Q", m, LOCK_OFFSET, token)
+
+
+def _interrupted_within(call, limit: float = 0.2) -> None:
+    """Send SIGINT 0.1 s into ``call``: it raises KeyboardInterrupt within ``limit`` s."""
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.1, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        took = time.monotonic() - sent[0]
+    finally:
+        timer.cancel()
+        timer.join()
+    assert took < limit, f"KeyboardInterrupt came {took:.3f} s after SIGINT"
+
+
+def test_ctrl_c_interrupts_join_and_close_waiting_for_the_writer_lock(shm_name):
+    import subprocess
+
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        with BroadcastQueue(shm_name, create=True) as q:
+            r = q.reader()
+            _hold_lock(shm_name, owner.pid)
+            # Joining (a reader, a group member, a handle attaching) and leaving wait for the
+            # writer lock; Ctrl-C ends each wait at once.
+            _interrupted_within(lambda: q.reader())
+            _interrupted_within(lambda: q.reader(group="g"))
+            _interrupted_within(lambda: BroadcastQueue(shm_name, create=False))
+            _interrupted_within(r.close)
+            assert r.closed
+            owner.kill()
+            owner.wait(10)
+            # The owner died: the lock is recovered, and the queue works on.
+            with q.reader() as r2:
+                q.send(b"after", timeout=5)
+                assert r2.recv(timeout=1).body == b"after"
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
+def test_ctrl_c_interrupts_close_of_a_queue_waiting_for_the_writer_lock(shm_name):
+    import subprocess
+
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        keeper = BroadcastQueue(shm_name, create=True)
+        q = BroadcastQueue(shm_name, create=False)
+        _hold_lock(shm_name, owner.pid)
+        _interrupted_within(q.close)
+        assert q.closed
+        q.close()  # closed once: nothing left to wait for
+        owner.kill()
+        owner.wait(10)
+        keeper.close()  # recovers the lock of the dead owner; the last member unlinks
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
 def test_lock_held_by_a_live_process_times_out_without_holding_the_gil(shm_name):
     import mmap
     import struct

@@ -37,7 +37,7 @@ class QueueModel(RuleBasedStateMachine):
         self.seq = 0
 
     @precondition(lambda self: self.q is None)
-    @rule(capacity=st.integers(0, 3000))
+    @rule(capacity=st.integers(16, 3000))  # 16: the smallest capacity (one empty record)
     def create(self, capacity):
         self.capacity = capacity
         name = f"rc-t-{os.getpid()}-sm{next(_names)}"

@@ -23,6 +23,7 @@ Coroutine::
         ...
 """
 
+# ruff: noqa: F405
 from __future__ import annotations
 
 from .coroutines import (
@@ -35,22 +36,10 @@ from .coroutines import (
 from .debugger import LoggingReporter, PipelineRuntimeDebugger
 from .iterables import chunk, consume, flatten, is_iterable, recursive_flatten
 from .process import ProcessStep, RemoteError, RemoteTraceback, WorkerDied, procstep
-from .threaded import (
-    AbstractIterStep,
-    AbstractStep,
-    NopTracker,
-    Pipeline,
-    PipelineStateError,
-    PipelineStats,
-    SiblingInfo,
-    SkipEntry,
-    StepFailure,
-    StepStats,
-    TimedChunk,
-    funcstep,
-    is_step,
-    iterstep,
-)
+
+# threaded's public names (its __all__) are the package's too: imported as its list, not
+# written again; ruff cannot see through the star import for the __all__ below (F405).
+from .threaded import *  # noqa: F403
 
 __version__ = "0.3.3"  # the paipa version whose behaviour this module reproduces
 

@@ -11,7 +11,6 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from .. import _remote
@@ -22,12 +21,12 @@ from . import wire
 from ._channel import END
 from .process import GROUP, WorkerDied, start_method_of, transport_spec, worker_main
 from .steps import (
-    DEFAULT_MAX_RETRIES,
     AbstractStep,
     Meta,
     Retry,
     SiblingInfo,
     StepFailure,
+    StepRuntimeBase,
     StepStats,
     WorkerStats,
 )
@@ -80,29 +79,13 @@ class _StepThread(threading.Thread):
         self._rc_stats = WorkerStats()
 
 
-class ProcStepRuntime:
+class ProcStepRuntime(StepRuntimeBase):
     """One process step of one run: its worker processes, queues, threads and counters."""
 
-    def __init__(
-        self,
-        run: Any,
-        cls: Any,
-        workers: int,
-        step_options: Mapping,
-        inbox: Any,
-        outbox: Any,
-        pipeline_options: dict,
-    ) -> None:
-        self.run = run
-        self.name = cls.__name__
-        self.cls = cls
-        self.workers = workers
-        self.step_options = dict(step_options)
-        self.inbox = inbox
-        self.outbox = outbox
-        self.pipeline_options = pipeline_options
-        self.max_retries = pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
-        self.limit = workers * (1 + cls.prefetch)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        workers = self.workers
+        self.limit = workers * (1 + self.cls.prefetch)
         # The dispatcher, once the limit is reached, is woken when the items in flight fall to
         # this mark (still one queued ahead of the busy workers), then tops up several at once.
         self.low_water = max(min(self.limit - 1, workers + 1), self.limit // 2)
@@ -540,18 +523,9 @@ class ProcStepRuntime:
     # -- observability -------------------------------------------------------------------------
 
     def snapshot(self) -> StepStats:
-        stats = [t._rc_stats for t in self.instances]
-        return StepStats(
-            name=self.name,
-            workers=self.workers,
+        return self.summed_stats(
+            [t._rc_stats for t in self.instances],
             alive=max(0, self.live),
-            items_in=sum(s.n_in for s in stats),
-            items_out=sum(s.n_out for s in stats),
-            failed=sum(s.failed for s in stats),
-            retried=sum(s.retried for s in stats),
-            skipped=sum(s.skipped for s in stats),
-            busy_seconds=sum(s.busy for s in stats),
             queue_depth=len(self.inbox) + len(self.inflight),
-            queue_capacity=self.inbox.capacity,
             discarded=self.inbox.discarded + self.discarded,
         )

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..errors import PipelineStateError
 from ._channel import Channel
 from .steps import (
-    DEFAULT_MAX_RETRIES,
     IDLE_HOOK_INTERVAL,
     AbstractStep,
     NopTracker,
     SiblingInfo,
     StepFailure,
+    StepRuntimeBase,
     StepStats,
     WorkerStats,
 )
@@ -51,31 +50,16 @@ class Discard:
         return 0
 
 
-class StepRuntime:
+class StepRuntime(StepRuntimeBase):
     """One step of one run: its workers, channels and counters."""
 
-    def __init__(
-        self,
-        run: Run,
-        name: str,
-        cls: type,
-        workers: int,
-        step_options: Mapping,
-        inbox: Channel,
-        outbox: Any,
-        pipeline_options: dict,
-    ) -> None:
-        self.run = run
-        self.name = name
-        self.cls = cls
-        self.workers = workers
-        self.step_options = dict(step_options)
-        self.inbox = inbox
-        self.outbox = outbox
-        self.pipeline_options = pipeline_options
-        tracker = pipeline_options.get("tracker")
+    run: Run
+    inbox: Channel
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tracker = self.pipeline_options.get("tracker")
         self.tracker = None if tracker is None or type(tracker) is NopTracker else tracker
-        self.max_retries = pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
         self.idle_timeout: Optional[float] = None
         self.lock = threading.Lock()
         self.live = 0
@@ -134,19 +118,10 @@ class StepRuntime:
         """The run did not start: release what build() acquired (nothing for threads)."""
 
     def snapshot(self) -> StepStats:
-        stats = [inst._rc_stats for inst in self.instances]
-        return StepStats(
-            name=self.name,
-            workers=self.workers,
+        return self.summed_stats(
+            [inst._rc_stats for inst in self.instances],
             alive=self.live,
-            items_in=sum(s.n_in for s in stats),
-            items_out=sum(s.n_out for s in stats),
-            failed=sum(s.failed for s in stats),
-            retried=sum(s.retried for s in stats),
-            skipped=sum(s.skipped for s in stats),
-            busy_seconds=sum(s.busy for s in stats),
             queue_depth=len(self.inbox),
-            queue_capacity=self.inbox.capacity,
             discarded=self.inbox.discarded,
         )
 

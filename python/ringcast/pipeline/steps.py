@@ -15,6 +15,7 @@ import abc
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -169,6 +170,47 @@ class WorkerStats:
 
 # ------------------------------------------------------------------------------------------------
 # Steps
+
+
+@dataclass(eq=False, repr=False)
+class StepRuntimeBase:
+    """What the runtime of one step in one run holds, whether its workers are threads
+    (:class:`.runtime.StepRuntime`) or processes (:class:`.process_runtime.ProcStepRuntime`):
+    the run, the step's name, class, worker count and options, its input and output, and the
+    pipeline's options. A subclass sets up the rest in ``__post_init__``."""
+
+    run: Any
+    name: str
+    cls: Any
+    workers: int
+    step_options: Mapping
+    inbox: Any
+    outbox: Any
+    pipeline_options: dict
+
+    def __post_init__(self) -> None:
+        self.step_options = dict(self.step_options)
+        self.max_retries = self.pipeline_options.get("max_retries", DEFAULT_MAX_RETRIES)
+
+    def summed_stats(
+        self, stats: list[WorkerStats], alive: int, queue_depth: int, discarded: int
+    ) -> StepStats:
+        """This step's counters: its workers' ``stats`` summed, with the figures only the
+        runtime knows (workers alive, items waiting, items thrown away)."""
+        return StepStats(
+            name=self.name,
+            workers=self.workers,
+            alive=alive,
+            items_in=sum(s.n_in for s in stats),
+            items_out=sum(s.n_out for s in stats),
+            failed=sum(s.failed for s in stats),
+            retried=sum(s.retried for s in stats),
+            skipped=sum(s.skipped for s in stats),
+            busy_seconds=sum(s.busy for s in stats),
+            queue_depth=queue_depth,
+            queue_capacity=self.inbox.capacity,
+            discarded=discarded,
+        )
 
 
 class AbstractStep(threading.Thread, metaclass=abc.ABCMeta):

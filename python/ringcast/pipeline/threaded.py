@@ -100,9 +100,8 @@ def _make_runtime(
     pipeline_options: dict,
 ) -> Any:
     """The runtime of one step definition: worker threads, or worker processes."""
-    if getattr(cls, "_rc_process_step", False):
-        return ProcStepRuntime(run, cls, workers, opts, inbox, outbox, pipeline_options)
-    return StepRuntime(run, cls.__name__, cls, workers, opts, inbox, outbox, pipeline_options)
+    runtime = ProcStepRuntime if getattr(cls, "_rc_process_step", False) else StepRuntime
+    return runtime(run, cls.__name__, cls, workers, opts, inbox, outbox, pipeline_options)
 
 
 # ------------------------------------------------------------------------------------------------

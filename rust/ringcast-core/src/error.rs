@@ -15,6 +15,11 @@ pub enum Error {
     /// The object exists but is not a (valid) ringcast segment.
     #[error("'{name}' is not a usable ringcast segment: {why}")]
     Corrupt { name: String, why: String },
+    /// The object may not be used by this process: owned by another user, writable by
+    /// others without the caller's consent, a symbolic link, not a regular file, or not
+    /// openable by this user.
+    #[error("permission denied for segment '{name}': {why}")]
+    Permission { name: String, why: String },
     /// A bad argument from the caller.
     #[error("{0}")]
     InvalidArgument(String),
@@ -54,6 +59,15 @@ pub enum Error {
     /// The caller's slice callback asked to stop (e.g. a Python signal handler raised).
     #[error("interrupted")]
     Interrupted,
+    /// `/dev/shm` has no room for a new segment of `asked` bytes (`free` bytes free of
+    /// `total`; a `total` of 0 when unknown), or can never hold one that large.
+    #[error("{}", crate::segment::space::no_space_message(name, *asked, *free, *total))]
+    NoSpace {
+        name: String,
+        asked: u64,
+        free: u64,
+        total: u64,
+    },
     /// An operating-system call failed.
     #[error("{op} '{name}': {source}")]
     Os {
@@ -85,10 +99,25 @@ impl Error {
             source: e.into(),
         }
     }
-    pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
-        Error::Corrupt {
+    pub(crate) fn permission(name: &str, why: impl Into<String>) -> Self {
+        Error::Permission {
             name: name.to_owned(),
             why: why.into(),
+        }
+    }
+    /// `Corrupt`; where this process found a segment of that name shrunk under it, the
+    /// damage is the shrink's doing and the error says so.
+    pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
+        use crate::segment::sigbus;
+        let why = why.into();
+        let why = if sigbus::damaged_named(name) {
+            format!("{} (seen as: {why})", sigbus::SHRUNK)
+        } else {
+            why
+        };
+        Error::Corrupt {
+            name: name.to_owned(),
+            why,
         }
     }
 }

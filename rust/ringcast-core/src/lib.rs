@@ -14,6 +14,8 @@
 //! The native HDF5 read path (extents, codecs, filler) is the crate `ringcast-h5`.
 
 pub mod error;
+#[doc(hidden)]
+pub mod fault;
 pub mod handle;
 pub mod proc;
 pub mod queue;

@@ -128,6 +128,10 @@ fn a_lock_held_by_a_dead_process_is_recovered() {
     let h = q.segment().header();
     let lock = &q.log_words().lock;
     lock.store((12345u64 << 32) | u64::from(dead_pid), Ordering::SeqCst);
+    // As the owner did right after taking the lock: record its pid namespace (ours).
+    q.log_words()
+        .lock_ns
+        .store(ringcast_core::proc::pid_ns(), Ordering::SeqCst);
     let t0 = Instant::now();
     send(&q, b"after recovery").unwrap();
     assert!(t0.elapsed() < Duration::from_secs(1));

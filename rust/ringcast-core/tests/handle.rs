@@ -3,48 +3,25 @@
 //! re-entrancy guards refuse a nested use. `close_all` is tested in `handle_registry.rs`,
 //! a test binary of its own, because it leaves every membership of the process.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+mod common;
+use common::{opts, slot_opts, uniq, wait, Cleanup};
 use ringcast_core::handle::{
     thread_tag, BlockTicket, Exclusive, ForkTag, Membership, QueueMember, ReaderHandle, Release,
     Reserved, ReservingThread, SlotRingMember, Views,
 };
 use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
-use ringcast_core::segment::{self, NO_PIN};
+use ringcast_core::segment::NO_PIN;
 use ringcast_core::slots::{Claim, SlotOptions, SlotRing, TakeResult, KIND_CONSUMER, KIND_WORKER};
 use ringcast_core::wait::no_check;
-use ringcast_core::{Error, Filter, MemberId, Queue, QueueOptions, WaitSpec};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "rc-handle-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = segment::unlink(&self.0);
-    }
-}
+use ringcast_core::{Error, Filter, MemberId, Queue, WaitSpec};
 
 /// A queue with a keeper member (so the segment outlives the memberships under test).
 fn queue(tag: &str) -> (Arc<Queue>, MemberId, Cleanup) {
     let name = uniq(tag);
     let c = Cleanup(name.clone());
-    let opts = QueueOptions {
-        capacity: 4096,
-        max_members: 8,
-        align: 8,
-        mode: 0o600,
-    };
-    let q = Queue::create(&name, opts).unwrap();
+    let q = Queue::create(&name, opts(4096, 8)).unwrap();
     let keeper = q.join(KIND_HANDLE, b"keeper").unwrap();
     (q, keeper, c)
 }
@@ -62,8 +39,7 @@ fn pin_of(q: &Queue, id: MemberId) -> Option<u64> {
 }
 
 fn send(q: &Queue, body: &[u8]) -> u64 {
-    q.send(b"w", b"", &[body], WaitSpec::nowait(), &mut no_check)
-        .unwrap()
+    common::send(q, body).unwrap()
 }
 
 #[test]
@@ -367,11 +343,8 @@ fn a_slot_ring_member_leaves_once_and_a_block_frees_its_slot_after_its_last_view
     let name = uniq("ring");
     let _c = Cleanup(name.clone());
     let opts = SlotOptions {
-        n_slots: 2,
         slot_bytes: 16,
-        tasks: Some(1),
-        max_members: 8,
-        mode: 0o600,
+        ..slot_opts(2, Some(1))
     };
     let ring = SlotRing::create(&name, opts).unwrap();
     let consumer = SlotRingMember::new(Arc::clone(&ring));
@@ -380,10 +353,7 @@ fn a_slot_ring_member_leaves_once_and_a_block_frees_its_slot_after_its_last_view
     let worker = SlotRingMember::new(Arc::clone(&ring));
     worker.join(KIND_WORKER, b"worker").unwrap();
     let wid = worker.id().unwrap();
-    let spec = WaitSpec {
-        deadline: ringcast_core::Deadline::after(Some(Duration::from_secs(5))),
-        spin: Duration::from_micros(10),
-    };
+    let spec = wait(5);
     let Claim::Slot(slot, 0) = ring.claim(wid, spec, &mut no_check).unwrap() else {
         panic!("no slot claimed")
     };

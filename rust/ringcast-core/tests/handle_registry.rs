@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
+mod common;
+use common::{uniq, Cleanup};
 use ringcast_core::handle::{close_all, Membership};
 use ringcast_core::queue::{KIND_HANDLE, KIND_READER};
-use ringcast_core::segment;
 use ringcast_core::{Error, Queue, QueueOptions};
 
 #[test]
 fn close_all_leaves_every_live_membership_once() {
-    let name = |i: u32| format!("rc-handle-registry-{}-{i}", std::process::id());
-    let (n1, n2, n3) = (name(1), name(2), name(3));
+    let (n1, n2, n3) = (uniq("registry"), uniq("registry"), uniq("registry"));
+    let _cleanup = [&n1, &n2, &n3].map(|n| Cleanup(n.clone()));
     let q1 = Queue::create(&n1, QueueOptions::default()).unwrap();
     let q2 = Queue::create(&n2, QueueOptions::default()).unwrap();
     let q3 = Queue::create(&n3, QueueOptions::default()).unwrap();
@@ -56,7 +57,4 @@ fn close_all_leaves_every_live_membership_once() {
     assert!(!q3.leave(keeper).unwrap());
     assert_eq!(close_all(), 1);
     assert!(late.has_left());
-    for n in [n1, n2, n3] {
-        let _ = segment::unlink(&n);
-    }
 }

@@ -77,7 +77,7 @@ fn truncated_or_altered_real_segments_are_rejected() {
         check(b);
     }
     assert!(matches!(
-        ringcast_core::segment::Segment::attach(&name, 99),
+        ringcast_core::segment::Segment::attach(&name, 99, &Default::default()),
         Err(Error::Corrupt { .. })
     ));
     let _ = KIND_BROADCAST;

@@ -2,13 +2,16 @@
 //! names, timeouts and spin windows.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+use ringcast_core::segment::Access;
 use ringcast_core::wait::deadline_from_secs;
-use ringcast_core::{Deadline, Error};
+use ringcast_core::{Deadline, Error, WaitSpec};
 
 use crate::error::BResult;
 
@@ -18,7 +21,7 @@ pub(crate) fn deadline(timeout: Option<f64>) -> BResult<Deadline> {
 }
 
 /// A spin window in nanoseconds from microseconds (0 to 1e6).
-pub(crate) fn spin_from_us(spin_us: f64) -> BResult<u64> {
+fn spin_from_us(spin_us: f64) -> BResult<u64> {
     if !spin_us.is_finite() || !(0.0..=1e6).contains(&spin_us) {
         return Err(Error::InvalidArgument(format!(
             "spin_us must be between 0 and 1e6, got {spin_us}"
@@ -26,6 +29,83 @@ pub(crate) fn spin_from_us(spin_us: f64) -> BResult<u64> {
         .into());
     }
     Ok((spin_us * 1000.0) as u64)
+}
+
+/// A handle's spin window (how long a blocking call spins before it sleeps), which Python
+/// reads and sets in microseconds (`spin_us`).
+pub(crate) struct Spin(AtomicU64);
+
+impl Spin {
+    /// A window of `spin_us` microseconds (0 to 1e6).
+    pub(crate) fn from_us(spin_us: f64) -> BResult<Spin> {
+        Ok(Spin::from_ns(spin_from_us(spin_us)?))
+    }
+    /// A window of `ns` nanoseconds (already checked).
+    pub(crate) fn from_ns(ns: u64) -> Spin {
+        Spin(AtomicU64::new(ns))
+    }
+    /// The window in nanoseconds.
+    pub(crate) fn ns(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// The window in microseconds.
+    pub(crate) fn us(&self) -> f64 {
+        self.ns() as f64 / 1000.0
+    }
+    /// Set the window to `spin_us` microseconds (0 to 1e6).
+    pub(crate) fn set_us(&self, spin_us: f64) -> BResult<()> {
+        self.0.store(spin_from_us(spin_us)?, Ordering::Relaxed);
+        Ok(())
+    }
+    /// A wait until `deadline`, spinning for this window first.
+    pub(crate) fn wait_spec(&self, deadline: Deadline) -> WaitSpec {
+        WaitSpec {
+            deadline,
+            spin: Duration::from_nanos(self.ns()),
+        }
+    }
+}
+
+/// What attaching accepts: the group/other write bits `mode` grants, and the owners in
+/// `allow_users` (uids, or user names looked up with `pwd`).
+pub(crate) fn access(mode: u32, allow_users: Option<&Bound<'_, PyAny>>) -> BResult<Access> {
+    let mut access = Access::for_mode(mode)?;
+    let Some(users) = allow_users.filter(|u| !u.is_none()) else {
+        return Ok(access);
+    };
+    if users.is_instance_of::<PyString>() || users.is_instance_of::<PyBytes>() {
+        return Err(PyTypeError::new_err(
+            "allow_users must be an iterable of uids or user names, not a single string",
+        )
+        .into());
+    }
+    for item in users.try_iter()? {
+        let item = item?;
+        let uid = if let Ok(name) = item.cast::<PyString>() {
+            let pwd = item.py().import("pwd")?;
+            match pwd.call_method1("getpwnam", (name,)) {
+                Ok(entry) => entry.getattr("pw_uid")?.extract::<u32>()?,
+                Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "allow_users: no user named {name}"
+                    ))
+                    .into())
+                }
+            }
+        } else {
+            item.extract::<u32>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "allow_users items must be uids (int) or user names (str), got {}",
+                    item.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
+        };
+        access = access.allow_user(uid);
+    }
+    Ok(access)
 }
 
 /// A contiguous byte view of any object with the buffer protocol (bytes, bytearray,
@@ -97,6 +177,25 @@ impl SendSlice {
         }
         // SAFETY: the caller guarantees the original slice is still alive.
         unsafe { std::slice::from_raw_parts(self.0, self.1) }
+    }
+}
+
+/// Bytes of an optional str (UTF-8) or bytes argument (`None`, given or by default: none).
+pub(crate) fn opt_text_or_bytes(
+    obj: Option<&Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<Vec<u8>>> {
+    Ok(borrow_opt_text_or_bytes(obj, what)?.map(<[u8]>::to_vec))
+}
+
+/// [`opt_text_or_bytes`] borrowed from the object (no copy).
+pub(crate) fn borrow_opt_text_or_bytes<'a>(
+    obj: Option<&'a Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<&'a [u8]>> {
+    match obj {
+        Some(o) if !o.is_none() => borrow_text_or_bytes(o, what).map(Some),
+        _ => Ok(None),
     }
 }
 

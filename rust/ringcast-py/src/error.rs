@@ -2,6 +2,8 @@
 //! classes of `ringcast.errors`. The classes are looked up once per process (on the first
 //! error) and cached.
 
+use std::time::Duration;
+
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -31,6 +33,14 @@ pub fn empty(timeout: Option<f64>) -> BindError {
         Some(t) if t > 0.0 => format!("no message within {t} s"),
         _ => "no message available".to_owned(),
     })
+}
+
+/// `Timeout` after waiting `timeout` seconds (`None` or negative: 0) for `what`.
+pub fn timed_out(timeout: Option<f64>, what: &'static str) -> BindError {
+    BindError::Core(Error::Timeout(
+        Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
+        what,
+    ))
 }
 
 impl From<Error> for BindError {
@@ -82,6 +92,7 @@ struct Classes {
     not_found: Py<PyType>,
     exists: Py<PyType>,
     corrupt: Py<PyType>,
+    permission: Py<PyType>,
     invalid: Py<PyType>,
     closed: Py<PyType>,
     no_slot: Py<PyType>,
@@ -89,6 +100,7 @@ struct Classes {
     busy: Py<PyType>,
     worker_died: Py<PyType>,
     os_error: Py<PyType>,
+    no_space: Py<PyType>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -110,6 +122,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             not_found: get("SegmentNotFound")?,
             exists: get("SegmentExists")?,
             corrupt: get("CorruptSegment")?,
+            permission: get("SegmentPermissionError")?,
             invalid: get("InvalidArgument")?,
             closed: get("HandleClosed")?,
             no_slot: get("NoMemberSlot")?,
@@ -117,6 +130,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             busy: get("HandleBusy")?,
             worker_died: get("WorkerDied")?,
             os_error: get("RingcastOSError")?,
+            no_space: get("NoShmSpace")?,
         })
     })
 }
@@ -147,6 +161,7 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
         Error::NotFound(_) | Error::Removed(_) => &c.not_found,
         Error::Exists(_) => &c.exists,
         Error::Corrupt { .. } => &c.corrupt,
+        Error::Permission { .. } => &c.permission,
         Error::InvalidArgument(_) => &c.invalid,
         Error::Full { needed, free } => return new(py, &c.full, (msg, needed, free)),
         Error::TooLarge { needed, capacity } => {
@@ -163,6 +178,9 @@ fn map(py: Python<'_>, c: &Classes, e: Error) -> PyErr {
             let errno = source.raw_os_error().unwrap_or(0);
             return new(py, &c.os_error, (errno, msg));
         }
+        Error::NoSpace {
+            asked, free, total, ..
+        } => return new(py, &c.no_space, (msg, asked, free, total)),
         Error::Interrupted => return PyKeyboardInterrupt::new_err("interrupted"),
     };
     new(py, cls, (msg,))
@@ -273,6 +291,12 @@ mod tests {
                 why: "bad magic".into(),
             };
             raised(py, corrupt, "CorruptSegment");
+            let perm = Error::Permission {
+                name: s(),
+                why: "it is a symbolic link".into(),
+            };
+            let v = raised(py, perm, "SegmentPermissionError");
+            assert!(v.is_instance_of::<pyo3::exceptions::PyPermissionError>());
             raised(py, Error::InvalidArgument("no".into()), "InvalidArgument");
             let t = Error::Timeout(Duration::from_millis(5), "readers to join");
             raised(py, t, "Timeout");
@@ -324,6 +348,20 @@ mod tests {
             assert_eq!(attr::<String>(&v, "strerror"), msg);
             assert!(v.is_instance_of::<pyo3::exceptions::PyOSError>());
             assert_eq!(v.get_type().name().unwrap().to_string(), "RingcastOSError");
+
+            let ns = Error::NoSpace {
+                name: s(),
+                asked: 128 << 20,
+                free: 60 << 20,
+                total: 64 << 20,
+            };
+            let v = raised(py, ns, "NoShmSpace");
+            assert!(v.is_instance(&cls).unwrap()); // a RingcastOSError
+            assert!(v.is_instance_of::<pyo3::exceptions::PyOSError>());
+            assert_eq!(attr::<i32>(&v, "errno"), ENOSPC);
+            assert_eq!(attr::<u64>(&v, "asked"), 128 << 20);
+            assert_eq!(attr::<u64>(&v, "free"), 60 << 20);
+            assert_eq!(attr::<u64>(&v, "total"), 64 << 20);
         });
     }
 
@@ -366,6 +404,8 @@ mod tests {
 
     /// "No such file or directory" on Linux and macOS.
     const ENOENT: i32 = 2;
+    /// "No space left on device" on Linux and macOS.
+    const ENOSPC: i32 = 28;
 
     #[test]
     fn empty_and_interrupted() {

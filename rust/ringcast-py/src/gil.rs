@@ -2,7 +2,10 @@
 //! (opening a segment, leaving, starting threads), and [`blocking`] for waits, built on it,
 //! which wake in slices to check for signals. No other code calls `Python::detach`.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
+use ringcast_core::handle::Membership;
 use ringcast_core::Error;
 
 use crate::error::{BResult, BindError};
@@ -11,6 +14,16 @@ use crate::error::{BResult, BindError};
 /// may wait without end, use [`blocking`] instead.
 pub(crate) fn enter<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
+}
+
+/// Leave `member` (if a handle's `close` gave one) with the GIL released, waiting for the
+/// writer lock interruptibly (the last member out also removes the segment). A signal's
+/// exception ends the wait and is raised; the member slot is freed all the same.
+pub(crate) fn leave(py: Python<'_>, member: Option<Arc<Membership>>) -> BResult<()> {
+    if let Some(m) = member {
+        blocking(py, move |chk| m.leave_checked(chk))?;
+    }
+    Ok(())
 }
 
 /// The one bridge from a blocking core call to Python: release the GIL (through

@@ -2,22 +2,21 @@
 //! filled in place), make readers, stats; and the module functions that unpickling and the
 //! pysyncq layer call (`_attach_queue`, `_open_queue`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use ringcast_core::handle::{Membership, QueueMember, ReaderHandle, Reserved, ReservingThread};
 use ringcast_core::queue::{KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER};
-use ringcast_core::{proc, Deadline, Error, Filter, Queue, QueueOptions, WaitSpec};
+use ringcast_core::segment::Access;
+use ringcast_core::{proc, Deadline, Error, Filter, Queue, QueueOptions};
 
 use crate::convert::{
-    array_helper, borrow_text_or_bytes, byte_set, deadline, spin_from_us, text_or_bytes, Buf,
-    SendSlice,
+    access, array_helper, borrow_opt_text_or_bytes, byte_set, deadline, opt_text_or_bytes, Buf,
+    SendSlice, Spin,
 };
-use crate::error::BResult;
-use crate::gil::{blocking, enter};
+use crate::error::{timed_out, BResult};
+use crate::gil::{blocking, leave};
 use crate::reader::PyReader;
 use crate::reservation::PyReservation;
 
@@ -28,9 +27,11 @@ pub(crate) struct PyQueue {
     member: QueueMember,
     /// The sender given by the user; without one, each process sends as its pid.
     explicit_sender: Option<Vec<u8>>,
-    spin_ns: AtomicU64,
+    spin: Spin,
     /// The thread holding a reservation on this queue, if any.
     reserving: Arc<ReservingThread>,
+    /// What attaching accepted (kept so that a pickled copy attaches the same way).
+    access: Access,
 }
 
 fn random_name() -> String {
@@ -44,13 +45,53 @@ fn random_name() -> String {
 }
 
 impl PyQueue {
-    /// This process's membership (joined on first use in a forked child), or an error if
-    /// the handle is closed.
-    fn alive(&self) -> BResult<Arc<Membership>> {
-        let name = || self.default_sender();
-        Ok(self
-            .member
-            .alive(&self.q, KIND_HANDLE, name, "BroadcastQueue")?)
+    /// This process's membership (joined on first use in a forked child, waiting for the
+    /// writer lock without the GIL and interruptible by signals), or an error if the handle
+    /// is closed.
+    fn alive(&self, py: Python<'_>) -> BResult<Arc<Membership>> {
+        const WHAT: &str = "BroadcastQueue";
+        if let Some(m) = self.member.ready(WHAT)? {
+            return Ok(m);
+        }
+        let name = self.default_sender();
+        let (member, q) = (&self.member, &self.q);
+        blocking(py, move |chk| {
+            member.alive_checked(q, KIND_HANDLE, || name, WHAT, chk)
+        })
+    }
+
+    /// This process's membership, for a sender: refused while this thread holds a
+    /// reservation on the queue (it would wait for itself).
+    fn writer(&self, py: Python<'_>) -> BResult<Arc<Membership>> {
+        let m = self.alive(py)?;
+        self.reserving.check()?;
+        Ok(m)
+    }
+
+    /// Send one message made of `parts` as `sender` with type `typ`, waiting (GIL released)
+    /// for room until `d`.
+    fn send_parts<const N: usize>(
+        &self,
+        py: Python<'_>,
+        m: &Membership,
+        sender: &[u8],
+        typ: &[u8],
+        parts: [&[u8]; N],
+        d: Deadline,
+    ) -> BResult<u64> {
+        let (s, t, p) = (
+            SendSlice::of(sender),
+            SendSlice::of(typ),
+            parts.map(SendSlice::of),
+        );
+        let q = Arc::clone(&self.q);
+        let spec = self.spin.wait_spec(d);
+        // SAFETY: sender, typ and every part are borrowed by this frame for the whole call.
+        let seq = blocking(py, move |chk| unsafe {
+            q.send(s.get(), t.get(), &p.map(|b| b.get()), spec, chk)
+        })?;
+        self.q.count_sent(m.id());
+        Ok(seq)
     }
 
     fn reserve_inner(
@@ -61,18 +102,14 @@ impl PyQueue {
         timeout: Option<f64>,
         array: Option<(Vec<u8>, Py<PyAny>, Py<PyAny>)>,
     ) -> BResult<PyReservation> {
-        let m = self.alive()?;
-        self.reserving.check()?;
-        let typ: Vec<u8> = match r#type {
-            Some(t) if !t.is_none() => text_or_bytes(t, "type")?,
-            _ => Vec::new(),
-        };
+        let m = self.writer(py)?;
+        let typ = opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let head_len = array.as_ref().map_or(0, |a| a.0.len());
         let total = nbytes
             .checked_add(head_len)
             .ok_or_else(|| Error::InvalidArgument(format!("{nbytes} bytes is too large")))?;
         let q = Arc::clone(&self.q);
-        let spec = self.spec(deadline(timeout)?);
+        let spec = self.spin.wait_spec(deadline(timeout)?);
         let sender = m.name().to_vec();
         let res = blocking(py, move |chk| q.reserve(&sender, &typ, total, spec, chk))?;
         let (head, dtype, shape) = match array {
@@ -88,25 +125,17 @@ impl PyQueue {
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes())
     }
-    fn spec(&self, d: Deadline) -> WaitSpec {
-        WaitSpec {
-            deadline: d,
-            spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
-        }
-    }
     fn build(
         py: Python<'_>,
         name: Option<String>,
         create: Option<bool>,
         opts: QueueOptions,
+        access: Access,
         sender: Option<&Bound<'_, PyAny>>,
         spin_us: f64,
     ) -> BResult<PyQueue> {
-        let spin_ns = spin_from_us(spin_us)?;
-        let explicit_sender = match sender {
-            Some(s) if !s.is_none() => Some(text_or_bytes(s, "sender")?),
-            _ => None,
-        };
+        let spin = Spin::from_us(spin_us)?;
+        let explicit_sender = opt_text_or_bytes(sender, "sender")?;
         if name.is_none() && create == Some(false) {
             return Err(
                 Error::InvalidArgument("a name is needed to attach (create=False)".into()).into(),
@@ -115,24 +144,26 @@ impl PyQueue {
         let sender = explicit_sender
             .clone()
             .unwrap_or_else(|| proc::current().pid.to_string().into_bytes());
-        // Opening may wait briefly (a segment still being initialised, the writer lock to
-        // join): never with the GIL held.
-        let (q, member) = enter(py, move || {
+        // Opening may wait (a segment still being initialised, the writer lock to join):
+        // never with the GIL held, and a signal ends the wait for the lock.
+        let policy = access.clone();
+        let (q, member) = blocking(py, move |chk| {
             let q = match (name, create) {
                 (Some(n), Some(true)) => Queue::create(&n, opts),
-                (Some(n), Some(false)) => Queue::attach(&n),
-                (Some(n), None) => Queue::open(&n, opts),
+                (Some(n), Some(false)) => Queue::attach_with(&n, &policy),
+                (Some(n), None) => Queue::open_with(&n, opts, &policy),
                 (None, _) => Queue::create(&random_name(), opts),
             }?;
-            let member = Membership::join(&q, KIND_HANDLE, &sender)?;
-            Ok::<_, Error>((q, member))
+            let member = Membership::join_checked(&q, KIND_HANDLE, &sender, chk)?;
+            Ok((q, member))
         })?;
         Ok(PyQueue {
             q,
             member: QueueMember::new(member),
             explicit_sender,
-            spin_ns: AtomicU64::new(spin_ns),
+            spin,
             reserving: Arc::new(ReservingThread::new()),
+            access,
         })
     }
 }
@@ -143,9 +174,12 @@ impl PyQueue {
     /// ``create=None`` attaches if ``name`` exists and creates it otherwise; ``True`` creates
     /// (replacing a stale segment whose members are all dead, else ``SegmentExists``);
     /// ``False`` attaches (``SegmentNotFound`` if missing). ``capacity`` is the byte budget
-    /// of the ring (see ``record_size`` for the cost of one message).
+    /// of the ring (see ``record_size`` for the cost of one message). ``mode`` is the
+    /// segment's exact mode when creating; attaching accepts an object that the group or
+    /// other users may write only if ``mode`` grants the same. ``allow_users`` (uids or
+    /// user names) are owners accepted besides this user and root.
     #[new]
-    #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0))]
+    #[pyo3(signature = (name=None, *, create=None, capacity=1048576, max_members=64, sender=None, mode=0o600, spin_us=20.0, allow_users=None))]
     #[allow(clippy::too_many_arguments)] // one per Python keyword argument
     fn new(
         py: Python<'_>,
@@ -156,6 +190,7 @@ impl PyQueue {
         sender: Option<&Bound<'_, PyAny>>,
         mode: u32,
         spin_us: f64,
+        allow_users: Option<&Bound<'_, PyAny>>,
     ) -> BResult<Self> {
         let opts = QueueOptions {
             capacity,
@@ -163,7 +198,9 @@ impl PyQueue {
             align: 8,
             mode,
         };
-        PyQueue::build(py, name, create, opts, sender, spin_us)
+        opts.check_capacity()?;
+        let access = access(mode, allow_users)?;
+        PyQueue::build(py, name, create, opts, access, sender, spin_us)
     }
 
     /// The segment name (``/dev/shm/<name>``).
@@ -192,19 +229,18 @@ impl PyQueue {
     }
     /// Free bytes right now.
     #[getter]
-    fn free_bytes(&self) -> BResult<u64> {
-        self.alive()?;
+    fn free_bytes(&self, py: Python<'_>) -> BResult<u64> {
+        self.alive(py)?;
         Ok(self.q.free_bytes())
     }
     /// Spin window (microseconds) before a blocking call sleeps.
     #[getter]
     fn get_spin_us(&self) -> f64 {
-        self.spin_ns.load(Ordering::Relaxed) as f64 / 1000.0
+        self.spin.us()
     }
     #[setter]
     fn set_spin_us(&self, v: f64) -> BResult<()> {
-        self.spin_ns.store(spin_from_us(v)?, Ordering::Relaxed);
-        Ok(())
+        self.spin.set_us(v)
     }
 
     /// The capacity cost in bytes of a message with these lengths (the sender defaults to
@@ -231,20 +267,9 @@ impl PyQueue {
         timeout: Option<f64>,
         sender: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
-        self.reserving.check()?;
-        let typ: &[u8] = match r#type {
-            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
-            _ => &[],
-        };
-        let own_sender;
-        let sender: &[u8] = match sender {
-            Some(s) if !s.is_none() => {
-                own_sender = text_or_bytes(s, "sender")?;
-                &own_sender
-            }
-            _ => m.name(),
-        };
+        let m = self.writer(py)?;
+        let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
+        let sender = borrow_opt_text_or_bytes(sender, "sender")?.unwrap_or(m.name());
         let buf;
         let body: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
             b.as_bytes()
@@ -265,19 +290,7 @@ impl PyQueue {
                 Err(e) => return Err(e.into()),
             }
         }
-        let (s, t, b) = (
-            SendSlice::of(sender),
-            SendSlice::of(typ),
-            SendSlice::of(body),
-        );
-        let q = Arc::clone(&self.q);
-        let spec = self.spec(d);
-        // SAFETY: sender, typ and body outlive the call (held by this frame).
-        let seq = blocking(py, move |chk| unsafe {
-            q.send(s.get(), t.get(), &[b.get()], spec, chk)
-        })?;
-        self.q.count_sent(m.id());
-        Ok(seq)
+        self.send_parts(py, &m, sender, typ, [body], d)
     }
 
     /// ``send(data, type, timeout=0)``: raise ``Full`` at once if there is no room.
@@ -312,7 +325,7 @@ impl PyQueue {
         lossy: bool,
         group: Option<String>,
     ) -> BResult<PyReader> {
-        let me = self.alive()?;
+        let me = self.alive(py)?;
         let filter = Filter {
             senders: byte_set(senders, "senders")?,
             types: byte_set(types, "types")?,
@@ -331,19 +344,17 @@ impl PyQueue {
                 .into());
             }
         }
-        let name = match name {
-            Some(n) if !n.is_none() => text_or_bytes(n, "name")?,
-            _ => me.name().to_vec(),
-        };
+        let name = opt_text_or_bytes(name, "name")?.unwrap_or_else(|| me.name().to_vec());
         let q = Arc::clone(&self.q);
         let gname = group.clone();
-        let m = enter(py, move || match gname {
-            Some(g) => Membership::join_as(&q, &name, |q, n| q.join_group(n, g.as_bytes())),
-            None => Membership::join_as(&q, &name, |q, n| q.join_reader(n, lossy)),
+        let m = blocking(py, move |chk| match gname {
+            Some(g) => {
+                Membership::join_as(&q, &name, |q, n| q.join_group_checked(n, g.as_bytes(), chk))
+            }
+            None => Membership::join_as(&q, &name, |q, n| q.join_reader_checked(n, lossy, chk)),
         })?;
-        let spin_ns = self.spin_ns.load(Ordering::Relaxed);
         let handle = ReaderHandle::new(m, group.is_some());
-        Ok(PyReader::new(handle, filter, spin_ns, lossy, group))
+        Ok(PyReader::new(handle, filter, self.spin.ns(), lossy, group))
     }
 
     /// Send a numpy array (any dtype without Python objects, any shape) as an array
@@ -360,29 +371,13 @@ impl PyQueue {
         timeout: Option<f64>,
         meta: Option<&Bound<'_, PyAny>>,
     ) -> BResult<u64> {
-        let m = self.alive()?;
-        self.reserving.check()?;
+        let m = self.writer(py)?;
         let enc = array_helper(py, "encode")?.call1((array, meta))?;
         let (head, data): (Bound<'_, PyBytes>, Bound<'_, PyAny>) = enc.extract()?;
-        let typ: &[u8] = match r#type {
-            Some(t) if !t.is_none() => borrow_text_or_bytes(t, "type")?,
-            _ => &[],
-        };
+        let typ = borrow_opt_text_or_bytes(r#type, "type")?.unwrap_or_default();
         let buf = Buf::get(&data)?;
-        let (s, t, h, b) = (
-            SendSlice::of(m.name()),
-            SendSlice::of(typ),
-            SendSlice::of(head.as_bytes()),
-            SendSlice::of(buf.as_slice()),
-        );
-        let q = Arc::clone(&self.q);
-        let spec = self.spec(deadline(timeout)?);
-        // SAFETY: every slice is owned by this frame for the whole call.
-        let seq = blocking(py, move |chk| unsafe {
-            q.send(s.get(), t.get(), &[h.get(), b.get()], spec, chk)
-        })?;
-        self.q.count_sent(m.id());
-        Ok(seq)
+        let parts = [head.as_bytes(), buf.as_slice()];
+        self.send_parts(py, &m, m.name(), typ, parts, deadline(timeout)?)
     }
 
     /// Reserve room for a ``nbytes`` message and fill it in place (zero-copy), e.g.
@@ -420,25 +415,20 @@ impl PyQueue {
     /// Block until at least ``n`` live readers have joined (``Timeout`` after ``timeout`` s).
     #[pyo3(signature = (n, timeout=None))]
     fn wait_for_readers(&self, py: Python<'_>, n: u32, timeout: Option<f64>) -> BResult<()> {
-        self.alive()?;
-        let d = deadline(timeout)?;
+        self.alive(py)?;
         let q = Arc::clone(&self.q);
-        let spec = self.spec(d);
+        let spec = self.spin.wait_spec(deadline(timeout)?);
         if blocking(py, move |chk| q.wait_for_readers(n, spec, chk))? {
             Ok(())
         } else {
-            Err(Error::Timeout(
-                Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
-                "readers to join",
-            )
-            .into())
+            Err(timed_out(timeout, "readers to join"))
         }
     }
 
     /// Shut the queue down: sends fail from now on, and readers raise ``QueueShutDown``
     /// (iteration stops) once they have read every message.
-    fn shutdown(&self) -> BResult<()> {
-        self.alive()?;
+    fn shutdown(&self, py: Python<'_>) -> BResult<()> {
+        self.alive(py)?;
         self.q.shutdown();
         Ok(())
     }
@@ -446,15 +436,15 @@ impl PyQueue {
     /// A lock-free snapshot: write sequence, used bytes, each member's cursor and lag, dead
     /// and live members, lock recoveries, full events and time writers spent blocked.
     fn stats<'py>(&self, py: Python<'py>) -> BResult<Bound<'py, PyDict>> {
-        self.alive()?;
+        self.alive(py)?;
         Ok(stats_dict(py, &self.q)?)
     }
 
-    /// Leave the queue. The segment is removed when its last member leaves.
-    fn close(&self, py: Python<'_>) {
-        if let Some(m) = self.member.close() {
-            enter(py, move || m.leave());
-        }
+    /// Leave the queue. The segment is removed when its last member leaves. Waiting for the
+    /// writer lock to leave, a signal's exception (Ctrl-C) is raised; the handle is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
+        leave(py, self.member.close())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -466,14 +456,20 @@ impl PyQueue {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let f = py.import("ringcast._ringcast")?.getattr("_attach_queue")?;
         let sender = self.explicit_sender.as_ref().map(|s| PyBytes::new(py, s));
-        let args = (self.q.name().to_owned(), sender, self.get_spin_us());
+        let args = (
+            self.q.name().to_owned(),
+            sender,
+            self.get_spin_us(),
+            0o600 | self.access.shared_write(),
+            self.access.allowed_users().to_vec(),
+        );
         (f, args).into_pyobject(py)
     }
     fn __repr__(&self) -> String {
@@ -487,27 +483,33 @@ impl PyQueue {
     }
 }
 
-/// Attach to a queue by name (what unpickling a BroadcastQueue does).
+/// Attach to a queue by name (what unpickling a BroadcastQueue does), accepting what the
+/// pickled handle accepted (`mode`, `allow_users`).
 #[pyfunction]
-#[pyo3(signature = (name, sender=None, spin_us=20.0))]
+#[pyo3(signature = (name, sender=None, spin_us=20.0, mode=0o600, allow_users=None))]
 pub(crate) fn _attach_queue(
     py: Python<'_>,
     name: String,
     sender: Option<&Bound<'_, PyAny>>,
     spin_us: f64,
+    mode: u32,
+    allow_users: Option<&Bound<'_, PyAny>>,
 ) -> BResult<PyQueue> {
+    let access = access(mode, allow_users)?;
     PyQueue::build(
         py,
         Some(name),
         Some(false),
         QueueOptions::default(),
+        access,
         sender,
         spin_us,
     )
 }
 
 /// Create or attach a queue with an explicit record alignment (used by the pysyncq layer,
-/// which needs byte-exact accounting: ``align=1``).
+/// which needs byte-exact accounting: ``align=1``). Private: mode 0o600, this user's
+/// objects only, as pysyncq's ``SharedMemory`` segments are.
 #[pyfunction]
 #[pyo3(signature = (name, create, capacity, align, sender=None, max_members=512))]
 pub(crate) fn _open_queue(
@@ -525,7 +527,7 @@ pub(crate) fn _open_queue(
         align,
         mode: 0o600,
     };
-    PyQueue::build(py, name, create, opts, sender, 20.0)
+    PyQueue::build(py, name, create, opts, Access::private(), sender, 20.0)
 }
 
 /// The `stats()` dict of a queue.

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyUnicodeDecodeError};
 use pyo3::prelude::*;
@@ -11,9 +10,9 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use ringcast_core::handle::ReaderHandle;
 use ringcast_core::{Deadline, Error, Filter, MemberId, Queue, WaitSpec};
 
-use crate::convert::{array_helper, byte_set, deadline, readonly_memoryview, spin_from_us};
+use crate::convert::{array_helper, byte_set, deadline, readonly_memoryview, Spin};
 use crate::error::{empty, BResult, BindError};
-use crate::gil::{blocking, enter};
+use crate::gil::{blocking, leave};
 use crate::lease::Lease;
 use crate::message::Message;
 
@@ -40,7 +39,7 @@ impl<R> Recv<R> {
 pub(crate) struct PyReader {
     h: ReaderHandle,
     filter: Mutex<Arc<Filter>>,
-    spin_ns: AtomicU64,
+    spin: Spin,
     lossy: bool,
     group: Option<String>,
     /// Messages missed (lossy) reported on messages so far.
@@ -62,7 +61,7 @@ impl PyReader {
         PyReader {
             h,
             filter: Mutex::new(Arc::new(filter)),
-            spin_ns: AtomicU64::new(spin_ns),
+            spin: Spin::from_ns(spin_ns),
             lossy,
             group,
             missed: AtomicU64::new(0),
@@ -159,10 +158,7 @@ impl PyReader {
 
     /// Wait (GIL released) until something may be readable, or the deadline.
     fn wait(&self, py: Python<'_>, filter: &Filter, d: Deadline) -> BResult<bool> {
-        let spec = WaitSpec {
-            deadline: d,
-            spin: Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)),
-        };
+        let spec = self.spin.wait_spec(d);
         let q = self.q();
         let id = self.id();
         if self.group.is_some() {
@@ -441,12 +437,11 @@ impl PyReader {
     /// Spin window (microseconds) before a blocking receive sleeps; 0 sleeps at once.
     #[getter]
     fn get_spin_us(&self) -> f64 {
-        self.spin_ns.load(Ordering::Relaxed) as f64 / 1000.0
+        self.spin.us()
     }
     #[setter]
     fn set_spin_us(&self, v: f64) -> BResult<()> {
-        self.spin_ns.store(spin_from_us(v)?, Ordering::Relaxed);
-        Ok(())
+        self.spin.set_us(v)
     }
 
     /// Whether ``close()`` was called.
@@ -456,11 +451,11 @@ impl PyReader {
     }
 
     /// Leave: this reader no longer holds back writers. With leases still held, it leaves
-    /// when the last one ends (their memory stays valid until then).
-    fn close(&self, py: Python<'_>) {
-        if let Some(m) = self.h.close() {
-            enter(py, move || m.leave());
-        }
+    /// when the last one ends (their memory stays valid until then). A signal's exception
+    /// (Ctrl-C) while it waits for the writer lock to leave is raised; the reader is closed
+    /// all the same.
+    fn close(&self, py: Python<'_>) -> BResult<()> {
+        leave(py, self.h.close())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -472,9 +467,9 @@ impl PyReader {
         _t: Option<&Bound<'_, PyAny>>,
         _v: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> BResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf

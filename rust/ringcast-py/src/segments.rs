@@ -27,6 +27,7 @@ fn info_dict<'py>(py: Python<'py>, i: &segment::SegmentInfo) -> PyResult<Bound<'
     d.set_item("members_alive", i.members_alive)?;
     d.set_item("members_dead", i.members_dead)?;
     d.set_item("creator_pid", i.raw.creator_pid)?;
+    d.set_item("owner", i.owner)?;
     d.set_item("stale", i.is_stale())?;
     Ok(d)
 }
@@ -50,7 +51,8 @@ pub(crate) fn inspect<'py>(py: Python<'py>, name: &str) -> BResult<Bound<'py, Py
     Ok(info_dict(py, &info)?)
 }
 
-/// Remove every segment whose members are all dead; returns their names.
+/// Remove every segment of this user whose members are all dead; returns their names.
+/// Other users' segments are never removed, even by root.
 #[pyfunction]
 pub(crate) fn gc() -> Vec<String> {
     ringcast_core::queue::gc()

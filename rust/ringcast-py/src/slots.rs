@@ -15,7 +15,7 @@ use ringcast_core::{Error, WaitSpec};
 
 use crate::buffer::{get_buffer, release_buffer, Export};
 use crate::convert::deadline;
-use crate::error::BResult;
+use crate::error::{timed_out, BResult};
 use crate::gil::{blocking, enter};
 use crate::native_h5::Filler;
 
@@ -25,6 +25,17 @@ pub(crate) struct PySlotRing {
     h: SlotRingMember,
     /// The native read path filling this ring, which a waiting consumer helps.
     filler: Mutex<Option<Arc<Filler>>>,
+}
+
+/// How long a worker or consumer of a slot ring spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// A wait of up to `timeout` seconds (`None`: no end), spinning [`SPIN`] first.
+fn wait_spec(timeout: Option<f64>) -> BResult<WaitSpec> {
+    Ok(WaitSpec {
+        deadline: deadline(timeout)?,
+        spin: SPIN,
+    })
 }
 
 impl PySlotRing {
@@ -119,12 +130,8 @@ impl PySlotRing {
         timeout: Option<f64>,
     ) -> BResult<Option<(u32, u64, Bound<'py, PyAny>)>> {
         let id = self.h.id()?;
-        let d = deadline(timeout)?;
+        let spec = wait_spec(timeout)?;
         let ring = Arc::clone(self.ring());
-        let spec = WaitSpec {
-            deadline: d,
-            spin: Duration::from_micros(20),
-        };
         match blocking(py, move |chk| ring.claim(id, spec, chk))? {
             Claim::Slot(slot, task) => {
                 let p = self.ring().slot_ptr(slot)?;
@@ -143,11 +150,7 @@ impl PySlotRing {
                 Ok(Some((slot, task, mv)))
             }
             Claim::NoMoreTasks => Ok(None),
-            Claim::TimedOut => Err(Error::Timeout(
-                Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
-                "a free slot",
-            )
-            .into()),
+            Claim::TimedOut => Err(timed_out(timeout, "a free slot")),
         }
     }
     /// Worker: publish a claimed slot holding ``nbytes`` (an error record if ``error``).
@@ -164,12 +167,8 @@ impl PySlotRing {
         timeout: Option<f64>,
     ) -> BResult<Option<SlotBlock>> {
         let py = slf.py();
-        let d = deadline(timeout)?;
+        let spec = wait_spec(timeout)?;
         let ring = Arc::clone(slf.get().ring());
-        let spec = WaitSpec {
-            deadline: d,
-            spin: Duration::from_micros(20),
-        };
         // With the native path, a consumer with nothing ready reads a block itself.
         let filler = slf
             .get()
@@ -198,11 +197,7 @@ impl PySlotRing {
                 }))
             }
             TakeResult::End => Ok(None),
-            TakeResult::TimedOut => Err(Error::Timeout(
-                Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)),
-                "a block",
-            )
-            .into()),
+            TakeResult::TimedOut => Err(timed_out(timeout, "a block")),
         }
     }
     /// Stop: workers end, consumers get what is ready, then the end.

@@ -196,6 +196,22 @@ impl Views {
     pub fn live(&self) -> bool {
         !self.ended() && !self.released()
     }
+    /// [`Error::Closed`] (naming `what`) once released or ended: no new view may be made.
+    pub fn check_live(&self, what: &'static str) -> Result<()> {
+        if self.live() {
+            Ok(())
+        } else {
+            Err(Error::Closed(what))
+        }
+    }
+    /// [`Error::Closed`] (naming `what`) once ended: the memory may be reused.
+    pub fn check_not_ended(&self, what: &'static str) -> Result<()> {
+        if self.ended() {
+            Err(Error::Closed(what))
+        } else {
+            Ok(())
+        }
+    }
     /// A view was made.
     pub fn add(&self) {
         self.exports.fetch_add(1, Ordering::AcqRel);
@@ -238,11 +254,7 @@ impl LeaseTicket {
     }
     /// [`Error::Closed`] once released or ended (no new view may be made).
     pub fn check(&self) -> Result<()> {
-        if self.views.live() {
-            Ok(())
-        } else {
-            Err(Error::Closed("Lease (it was released)"))
-        }
+        self.views.check_live("Lease (it was released)")
     }
     /// Give the lease back; views alive keep it until they are gone.
     pub fn release(&self) {

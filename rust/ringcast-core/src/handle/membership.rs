@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::ForkTag;
 use crate::error::{Error, Result};
 use crate::queue::{MemberId, Queue};
+use crate::wait::no_check;
 
 /// A member slot of a queue owned by this process; leaves on [`leave`](Self::leave), on
 /// drop, or through [`close_all`], whichever comes first, and only in the process that
@@ -26,7 +27,17 @@ static REGISTRY: Mutex<Vec<Weak<Membership>>> = Mutex::new(Vec::new());
 impl Membership {
     /// Join `q` as a member of `kind` named `name`.
     pub fn join(q: &Arc<Queue>, kind: u32, name: &[u8]) -> Result<Arc<Membership>> {
-        let id = q.join(kind, name)?;
+        Membership::join_checked(q, kind, name, &mut no_check)
+    }
+    /// [`Membership::join`], running `on_slice` between the slices of a wait for the writer
+    /// lock (the bindings check for signals there).
+    pub fn join_checked(
+        q: &Arc<Queue>,
+        kind: u32,
+        name: &[u8],
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Arc<Membership>> {
+        let id = q.join_checked(kind, name, on_slice)?;
         Ok(Membership::register(q, id, name))
     }
     /// Join with a custom join call (a lossy reader, a group member).
@@ -79,10 +90,16 @@ impl Membership {
     /// Leave the queue, once (never in a forked child, never twice); returns whether this
     /// call unlinked the segment (it was the last member out).
     pub fn leave(&self) -> bool {
+        self.leave_checked(&mut no_check).unwrap_or(false)
+    }
+    /// [`Membership::leave`], running `on_slice` between the slices of its wait for the
+    /// writer lock; its error (a signal) ends the wait and is returned. The member has left
+    /// all the same (its slot is free), only the segment is not unlinked then.
+    pub fn leave_checked(&self, on_slice: &mut dyn FnMut() -> Result<()>) -> Result<bool> {
         if !self.mine() || self.left.swap(true, Ordering::AcqRel) {
-            return false;
+            return Ok(false);
         }
-        self.q.leave(self.id).unwrap_or(false)
+        self.q.leave_checked(self.id, on_slice)
     }
 }
 
@@ -121,6 +138,16 @@ impl QueueMember {
             closed: AtomicBool::new(false),
         }
     }
+    /// This process's membership if it has one (`None` in a forked child before first use:
+    /// [`alive`](Self::alive) joins then); [`Error::Closed`] once closed. `what` names the
+    /// handle.
+    pub fn ready(&self, what: &'static str) -> Result<Option<Arc<Membership>>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed(what));
+        }
+        let m = self.member.lock().map_err(|_| Error::Busy(what))?;
+        Ok(m.as_ref().filter(|m| m.mine()).cloned())
+    }
     /// This process's membership (joining `q` as `kind` with the name `name()` on first use
     /// in a forked child); [`Error::Closed`] once closed. `what` names the handle.
     pub fn alive(
@@ -130,6 +157,18 @@ impl QueueMember {
         name: impl FnOnce() -> Vec<u8>,
         what: &'static str,
     ) -> Result<Arc<Membership>> {
+        self.alive_checked(q, kind, name, what, &mut no_check)
+    }
+    /// [`alive`](Self::alive), running `on_slice` between the slices of a wait for the
+    /// writer lock when it joins.
+    pub fn alive_checked(
+        &self,
+        q: &Arc<Queue>,
+        kind: u32,
+        name: impl FnOnce() -> Vec<u8>,
+        what: &'static str,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Arc<Membership>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed(what));
         }
@@ -137,7 +176,7 @@ impl QueueMember {
         match m.as_ref() {
             Some(m) if m.mine() => Ok(Arc::clone(m)),
             _ => {
-                let joined = Membership::join(q, kind, &name())?;
+                let joined = Membership::join_checked(q, kind, &name(), on_slice)?;
                 *m = Some(Arc::clone(&joined));
                 Ok(joined)
             }

@@ -83,19 +83,11 @@ impl BlockTicket {
     }
     /// [`Error::Closed`] once released or ended (no new view may be made).
     pub fn check(&self) -> Result<()> {
-        if self.views.live() {
-            Ok(())
-        } else {
-            Err(Error::Closed("block (it was released)"))
-        }
+        self.views.check_live("block (it was released)")
     }
     /// [`Error::Closed`] once ended (its slot may be reused).
     pub fn check_not_ended(&self) -> Result<()> {
-        if self.views.ended() {
-            Err(Error::Closed("block (it was released)"))
-        } else {
-            Ok(())
-        }
+        self.views.check_not_ended("block (it was released)")
     }
     /// Give the slot back; views still alive keep it (the slot is marked retained) until
     /// they are gone.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{Queue, RecordRef};
 use crate::error::{Error, Result};
 use crate::segment::{
-    Member, MemberId, KIND_GROUP, KIND_GROUP_MEMBER, M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN,
+    Member, MemberId, KIND_GROUP, KIND_GROUP_MEMBER, M_ACTIVE, M_CLAIMING, M_ORPHAN, NO_PIN,
 };
 use crate::wait::{block_on, WaitSpec};
 
@@ -63,17 +63,12 @@ impl Queue {
             for (_, o) in self.seg.members() {
                 if o.state.load(Ordering::Acquire) == M_ORPHAN
                     && Self::in_group(o, gslot, ggen)
-                    && o.state
-                        .compare_exchange(M_ORPHAN, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
+                    && o.free_from(M_ORPHAN)
                 {
                     self.header().claims_lost.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if g.state
-                .compare_exchange(M_ACTIVE, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if g.free_from(M_ACTIVE) {
                 n += 1;
             }
         }
@@ -131,10 +126,7 @@ impl Queue {
                 }
                 let p = o.pin.load(Ordering::SeqCst);
                 m.pin.store(p, Ordering::SeqCst);
-                if o.state
-                    .compare_exchange(M_ORPHAN, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
+                if !o.free_from(M_ORPHAN) {
                     m.pin.store(NO_PIN, Ordering::SeqCst);
                     continue;
                 }
@@ -222,6 +214,7 @@ impl Queue {
             &h.data_wait.pair(),
             spec,
             || {
+                self.seg.probe()?; // a shrink no access of ours ran into
                 if self.group_has_work(id)? {
                     return Ok(Some(()));
                 }

@@ -10,31 +10,63 @@ use crate::error::{Error, Result};
 use crate::proc;
 use crate::segment::{
     Member, MemberId, FLAG_LOSSY, KIND_GROUP, KIND_GROUP_MEMBER, KIND_READER, MEMBER_NAME_BYTES,
-    M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN, STATE_CLOSED, STATE_OPEN,
+    M_ACTIVE, M_CLAIMING, M_ORPHAN, NO_PIN, STATE_CLOSED, STATE_OPEN,
 };
 use crate::wait::{block_on, no_check, WaitSpec};
 
 impl Queue {
     /// Join as a member of `kind`. A reader starts at the current tail.
     pub fn join(&self, kind: u32, name: &[u8]) -> Result<MemberId> {
-        self.join_with(kind, name, 0, None)
+        self.join_checked(kind, name, &mut no_check)
+    }
+
+    /// [`Queue::join`], running `on_slice` between the slices of a wait for the writer lock
+    /// (the bindings check for signals there); its error ends the wait.
+    pub fn join_checked(
+        &self,
+        kind: u32,
+        name: &[u8],
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<MemberId> {
+        self.join_with(kind, name, 0, None, on_slice)
     }
 
     /// Join as a reader; a lossy one never holds back writers.
     pub fn join_reader(&self, name: &[u8], lossy: bool) -> Result<MemberId> {
-        self.join_with(KIND_READER, name, if lossy { FLAG_LOSSY } else { 0 }, None)
+        self.join_reader_checked(name, lossy, &mut no_check)
+    }
+
+    /// [`Queue::join_reader`] with a check between wait slices (see [`Queue::join_checked`]).
+    pub fn join_reader_checked(
+        &self,
+        name: &[u8],
+        lossy: bool,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<MemberId> {
+        let flags = if lossy { FLAG_LOSSY } else { 0 };
+        self.join_with(KIND_READER, name, flags, None, on_slice)
     }
 
     /// Join consumer group `group` (created if it does not exist, starting at the current
     /// tail): its members share one cursor, so each message goes to one of them.
     pub fn join_group(&self, name: &[u8], group: &[u8]) -> Result<MemberId> {
+        self.join_group_checked(name, group, &mut no_check)
+    }
+
+    /// [`Queue::join_group`] with a check between wait slices (see [`Queue::join_checked`]).
+    pub fn join_group_checked(
+        &self,
+        name: &[u8],
+        group: &[u8],
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<MemberId> {
         if group.is_empty() || group.len() > MEMBER_NAME_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "a group name must be 1 to {MEMBER_NAME_BYTES} bytes, got {}",
                 group.len()
             )));
         }
-        self.join_with(KIND_GROUP_MEMBER, name, 0, Some(group))
+        self.join_with(KIND_GROUP_MEMBER, name, 0, Some(group), on_slice)
     }
 
     fn join_with(
@@ -43,10 +75,11 @@ impl Queue {
         name: &[u8],
         flags: u32,
         group: Option<&[u8]>,
+        on_slice: &mut dyn FnMut() -> Result<()>,
     ) -> Result<MemberId> {
         let mut id = self.seg.claim_member(kind, name, flags);
         if id.is_none() {
-            let g = self.lock(WaitSpec::nowait(), &mut no_check)?;
+            let g = self.lock(WaitSpec::nowait(), &mut *on_slice)?;
             self.reap_dead(None);
             drop(g);
             id = self.seg.claim_member(kind, name, flags);
@@ -58,15 +91,15 @@ impl Queue {
         let id = id.ok_or_else(no_slot)?;
         let m = self.member(id.slot)?;
         let h = self.header();
-        let g = match self.lock(WaitSpec::nowait(), &mut no_check) {
+        let g = match self.lock(WaitSpec::nowait(), on_slice) {
             Ok(g) => g,
             Err(e) => {
-                m.state.store(M_FREE, Ordering::Release);
+                m.free_owned();
                 return Err(e);
             }
         };
         if h.state.load(Ordering::Acquire) != STATE_OPEN {
-            m.state.store(M_FREE, Ordering::Release);
+            m.free_owned();
             return Err(Error::Removed(self.name().to_owned()));
         }
         if let Some(gname) = group {
@@ -88,7 +121,7 @@ impl Queue {
                 }
             };
             let Some(gid) = gid else {
-                m.state.store(M_FREE, Ordering::Release);
+                m.free_owned();
                 return Err(no_slot());
             };
             m.group.store(gid.slot, Ordering::Relaxed);
@@ -108,24 +141,45 @@ impl Queue {
 
     /// Leave. Returns true if this was the last member and the segment was unlinked.
     pub fn leave(&self, id: MemberId) -> Result<bool> {
+        self.leave_checked(id, &mut no_check)
+    }
+
+    /// [`Queue::leave`], running `on_slice` between the slices of its wait for the writer
+    /// lock. The member's slot is freed whatever happens; if `on_slice` fails (a signal),
+    /// the wait ends and its error is returned, without reaping or unlinking (a live
+    /// process holds the lock, and the last member out unlinks).
+    pub fn leave_checked(
+        &self,
+        id: MemberId,
+        on_slice: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<bool> {
         let h = self.header();
-        let guard = self.lock(WaitSpec::nowait(), &mut no_check);
+        let guard = self.lock(WaitSpec::nowait(), on_slice);
         if let Some(m) = self.seg.owned(id) {
             m.pin.store(NO_PIN, Ordering::SeqCst);
-            m.state.store(M_FREE, Ordering::Release);
+            m.free_owned();
         }
         let mut unlinked = false;
-        if let Ok(g) = guard {
-            self.reap_dead(None);
-            if self.seg.members_in_use() == 0 && h.state.load(Ordering::Acquire) == STATE_OPEN {
-                h.state.store(STATE_CLOSED, Ordering::Release);
-                unlinked = self.seg.unlink().is_ok();
+        let mut interrupted = None;
+        match guard {
+            Ok(g) => {
+                self.reap_dead(None);
+                if self.seg.members_in_use() == 0 && h.state.load(Ordering::Acquire) == STATE_OPEN {
+                    h.state.store(STATE_CLOSED, Ordering::Release);
+                    unlinked = self.seg.unlink().is_ok();
+                }
+                drop(g);
             }
-            drop(g);
+            // A lock held longer than the grace by a live process: left without reaping.
+            Err(Error::Timeout(..)) => {}
+            Err(e) => interrupted = Some(e),
         }
         h.space_wait.pair().notify();
         h.member_wait.pair().notify();
-        Ok(unlinked)
+        match interrupted {
+            Some(e) => Err(e),
+            None => Ok(unlinked),
+        }
     }
 
     /// Free the slots of members whose process is gone (a group member holding a claim
@@ -139,7 +193,8 @@ impl Queue {
             if st != M_ACTIVE && st != M_CLAIMING {
                 continue;
             }
-            let pid = m.pid.load(Ordering::Relaxed);
+            // Acquire: a claimer stores its start time and namespace before its pid.
+            let pid = m.pid.load(Ordering::Acquire);
             if st == M_CLAIMING && pid == 0 {
                 continue; // being claimed right now
             }
@@ -152,7 +207,15 @@ impl Queue {
                     continue;
                 }
             }
-            if !proc::alive(pid, m.start.load(Ordering::Relaxed), u64::MAX) && self.retire(m, st) {
+            // Only positive evidence of death reaps: a member this process cannot judge
+            // (another pid namespace, or our own lack of file descriptors) is left alone.
+            let life = proc::liveness(
+                pid,
+                m.start.load(Ordering::Relaxed),
+                u64::MAX,
+                m.ns.load(Ordering::Relaxed),
+            );
+            if life.is_dead() && self.retire(m, st) {
                 n += 1;
             }
         }
@@ -202,9 +265,7 @@ impl Queue {
             self.header().data_wait.pair().notify();
             return true;
         }
-        m.state
-            .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        m.free_from(st)
     }
 
     /// Number of live reader members.

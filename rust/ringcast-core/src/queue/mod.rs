@@ -7,9 +7,11 @@
 //!
 //! Writers serialise on a lock whose owner is identified by pid and process start time; a
 //! waiter that finds the owner dead takes the lock over (`lock.rs`). A writer copies the
-//! record past the published tail and then publishes it with one release store of the new
-//! tail, so a writer killed at any instant never exposes a torn record: the bytes it was
-//! writing stay invisible and are overwritten by the next writer (`write.rs`). Readers take
+//! record past the published tail, then commits it with one store and publishes it with a
+//! release store of the new tail, so a writer killed at any instant never exposes a torn
+//! record: the bytes it was writing stay invisible and are overwritten by the next writer
+//! (`write.rs`), and a committed record is published by the writer that takes the lock over
+//! (`publish.rs`). Readers take
 //! no lock (`read.rs`); consumer groups share a cursor (`groups.rs`); joining, leaving and
 //! reaping are in `members.rs`, figures in `stats.rs`.
 
@@ -18,17 +20,20 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::segment::{
-    self, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
+    self, Access, Geometry, Header, KindWords, Member, Segment, KIND_BROADCAST, STATE_OPEN,
 };
 
+mod capacity;
 mod groups;
 mod lock;
 mod members;
+mod publish;
 mod read;
 mod record;
 mod stats;
 mod write;
 
+pub use capacity::min_capacity;
 pub use read::Filter;
 pub use record::{record_len, RecordRef, RECORD_HEADER};
 pub use stats::{MemberStats, Stats};
@@ -58,9 +63,16 @@ pub struct LogWords {
     /// Start of the oldest record still intact: writers advance it (before they overwrite
     /// anything) past every record they are about to reuse. Lossy readers check it.
     pub oldest: AtomicU64,
+    /// The pid namespace of the writer lock's owner ([`crate::proc::pid_ns`]), stored just
+    /// after taking the lock and cleared just before releasing it (0: not recorded yet).
+    pub lock_ns: AtomicU64,
+    /// The end of the records being published: the commit point of a publish, past the
+    /// tail only while a writer (or its dead remains) is between committing and storing the
+    /// tail (`publish.rs`).
+    pub publishing: AtomicU64,
 }
 
-// SAFETY: repr(C), five AtomicU64 (40 bytes, 8-aligned): fits the kind area and any bytes
+// SAFETY: repr(C), seven AtomicU64 (56 bytes, 8-aligned): fits the kind area and any bytes
 // are a valid value.
 unsafe impl KindWords for LogWords {}
 
@@ -110,17 +122,29 @@ impl Queue {
         Err(Error::Exists(segment::shm_path(name)?[1..].to_owned()))
     }
 
-    /// Attach to an existing queue by name.
+    /// Attach to an existing queue by name: a private one (see [`Access::private`]).
     pub fn attach(name: &str) -> Result<Arc<Queue>> {
+        Queue::attach_with(name, &Access::private())
+    }
+
+    /// Attach to an existing queue by name if it passes `access` (its owner, its write
+    /// permissions; never through a symbolic link).
+    pub fn attach_with(name: &str, access: &Access) -> Result<Arc<Queue>> {
         Ok(Arc::new(Queue {
-            seg: Segment::attach(name, KIND_BROADCAST)?,
+            seg: Segment::attach(name, KIND_BROADCAST, access)?,
         }))
     }
 
-    /// Attach if it exists, else create.
+    /// Attach if it exists, else create. An existing queue must pass the access that
+    /// `opts.mode` implies ([`Access::for_mode`]).
     pub fn open(name: &str, opts: QueueOptions) -> Result<Arc<Queue>> {
+        Queue::open_with(name, opts, &Access::for_mode(opts.mode)?)
+    }
+
+    /// Attach if it exists and passes `access`, else create.
+    pub fn open_with(name: &str, opts: QueueOptions, access: &Access) -> Result<Arc<Queue>> {
         for _ in 0..OPEN_TRIES {
-            match Queue::attach(name) {
+            match Queue::attach_with(name, access) {
                 Ok(q) if q.header().state.load(Ordering::Acquire) == STATE_OPEN => return Ok(q),
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),

@@ -91,6 +91,7 @@ impl Queue {
             m.cursor.store(cur, Ordering::Release);
             h.space_wait.pair().notify();
         }
+        self.seg.check_intact()?; // zeros where a shrunk segment's pages were
         Ok(result)
     }
 
@@ -174,6 +175,7 @@ impl Queue {
             pending = pending.wrapping_add(missed);
             m.missed_pending.store(pending, Ordering::Relaxed);
         }
+        self.seg.check_intact()?; // zeros where a shrunk segment's pages were
         Ok(result.map(|rec| RecordRef {
             missed: pending,
             ..rec
@@ -208,6 +210,7 @@ impl Queue {
 
     /// Mark `rec` read by `id`: advances the cursor and frees space for writers.
     pub fn consume(&self, id: MemberId, end: u64, seq: u64) -> Result<()> {
+        self.seg.check_intact()?; // the record was copied from a shrunk segment
         let m = self.member(id.slot)?;
         m.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         m.missed_pending.store(0, Ordering::Relaxed);
@@ -232,6 +235,7 @@ impl Queue {
             &h.data_wait.pair(),
             spec,
             || {
+                self.seg.probe()?; // a shrink no access of ours ran into
                 if self.next_for(id, filter)?.is_some() {
                     return Ok(Some(()));
                 }

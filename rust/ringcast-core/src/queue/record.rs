@@ -165,6 +165,7 @@ impl Queue {
         } = head;
         let total = self.record_len(slen, tlen, blen);
         if total > avail || total > self.capacity() || expect.is_some_and(|s| s != rseq) {
+            self.seg.check_intact()?; // zeros where a shrunk segment's pages were
             let expected = expect.map_or(String::new(), |s| format!(", expected seq {s}"));
             return Err(Error::corrupt(
                 self.name(),

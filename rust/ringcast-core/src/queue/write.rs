@@ -1,6 +1,6 @@
 //! Writing: making room at the tail (the oldest position any member still needs, reaping
 //! dead readers that hold writers back, moving the oldest-intact mark for lossy readers),
-//! appending a record, reserving room to fill in place, and publishing.
+//! appending a record and reserving room to fill in place (publishing is in `publish.rs`).
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use super::lock::{LockGuard, SEND_LOCK_GRACE};
 use super::Queue;
 use crate::error::{Error, Result};
+use crate::fault::{self, Point};
 use crate::segment::{
     FLAG_LOSSY, KIND_GROUP, KIND_GROUP_MEMBER, KIND_READER, M_ACTIVE, M_ORPHAN, NO_PIN,
 };
 use crate::wait::{block_on, WaitSpec};
 
 /// A write position above this is damage: 2^63 bytes would take centuries to write.
-const MAX_POSITION: u64 = u64::MAX / 2;
+pub(super) const MAX_POSITION: u64 = u64::MAX / 2;
 
 /// How often a writer waiting for room looks for dead readers holding it back.
 const REAP_EVERY: Duration = Duration::from_millis(10);
@@ -155,6 +156,7 @@ impl Queue {
         w.oldest.store(o, Ordering::Relaxed);
         // Readers that see any byte written after this point also see the new mark.
         fence(Ordering::SeqCst);
+        fault::point(Point::OldestMoved);
         Ok(())
     }
 
@@ -302,6 +304,7 @@ impl Queue {
         let (g, tail) = self.acquire_space(n, spec, grace, on_slice)?;
         let seq = self.log().write_seq.load(Ordering::Relaxed);
         self.write_record(tail, seq, sender, typ, body, body_len);
+        self.seg.check_intact()?; // the copy ran into a shrunk segment: publish nothing
         self.publish(tail + n, seq);
         drop(g);
         self.header().data_wait.pair().notify();
@@ -346,6 +349,7 @@ impl Queue {
         body_len: usize,
     ) {
         self.write_head(pos, seq, sender, typ, body_len);
+        fault::point(Point::HeadWritten);
         let p = self.seg.ring_at(pos);
         let mut off = self.body_offset(sender.len(), typ.len());
         for part in body {
@@ -355,13 +359,5 @@ impl Queue {
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), p.add(off), part.len()) };
             off += part.len();
         }
-    }
-
-    /// Publish the records written up to `end`, the last with sequence number `seq`
-    /// (call with the lock held, after writing them).
-    pub(super) fn publish(&self, end: u64, seq: u64) {
-        let w = self.log();
-        w.write_seq.store(seq.wrapping_add(1), Ordering::Release);
-        w.tail.store(end, Ordering::Release);
     }
 }

@@ -30,17 +30,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{fstat, Mode, Stat, CWD};
+use rustix::fs::{fstat, FileType, Mode, OFlags, Stat, CWD};
 use rustix::io::Errno;
 use rustix::shm;
 
+use super::access::SHM_DIR;
 use super::errno_to;
 use crate::error::{Error, Result};
 
 /// Names of creations in progress (or abandoned) start with this.
 pub const SCRATCH_PREFIX: &str = ".rcnew-";
-/// Where shared-memory objects appear as files.
-const SHM_DIR: &str = "/dev/shm";
 /// How long attaching waits for a remover's exclusive lock to go.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// How often attaching tries that lock again.
@@ -121,7 +120,8 @@ fn same_object(a: &Stat, b: &Stat) -> bool {
 /// Whether `path` (with its leading slash) still names the object open as `fd`.
 fn still_named(fd: &OwnedFd, path: &str) -> rustix::io::Result<bool> {
     let mine = fstat(fd)?;
-    match rustix::fs::stat(format!("{SHM_DIR}{path}")) {
+    // lstat: a symbolic link put in the name's place is never the object itself.
+    match rustix::fs::lstat(format!("{SHM_DIR}{path}")) {
         Ok(now) => Ok(same_object(&mine, &now)),
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e),
@@ -167,11 +167,16 @@ pub(super) enum Claim {
 /// live process holds the segment's shared lock (has it mapped) or a creator's lock, and only
 /// if the name still refers to the object locked.
 pub(super) fn claim_for_removal(path: &str) -> Claim {
-    let fd = match shm::open(path, shm::OFlags::RDWR, Mode::empty()) {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(format!("{SHM_DIR}{path}"), flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Claim::Gone,
         Err(_) => return Claim::InUse,
     };
+    match fstat(&fd) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+        _ => return Claim::InUse,
+    }
     match (try_lock(&fd, Lock::Exclusive), still_named(&fd, path)) {
         (Ok(true), Ok(true)) => Claim::Held(fd),
         _ => Claim::InUse,

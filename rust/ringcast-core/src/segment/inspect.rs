@@ -3,21 +3,25 @@
 //!
 //! A creation's scratch object (see [`super::creation`]) is listed too: as being created
 //! while its creator holds its lock, as abandoned (and stale) once it does not.
+//!
+//! Objects are opened through [`access::open_readonly`] (never through a symbolic link,
+//! regular files only, never blocking), and only objects the caller owns are ever removed
+//! ([`access::owned_by_caller`]): root too leaves other users' stale segments alone.
 
 use std::mem::offset_of;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use rustix::fs::{fstat, Mode};
-use rustix::shm;
+use rustix::fs::fstat;
 
+use super::access::{self, SHM_DIR};
 use super::creation::{self, claim_for_removal, is_scratch, scratch_state, Claim, Creation};
 use super::layout::{
     parse_raw, read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader,
     HEADER_PAGE, MAGIC, MEMBER_BYTES, RAW_HEADER_BYTES,
 };
-use super::members::{Member, KIND_GROUP, M_FREE};
-use super::{errno_to, now_unix_ns, shm_path, unlink};
+use super::members::{Member, KIND_GROUP, M_CLAIMING, M_FREE, M_FREEING};
+use super::{now_unix_ns, shm_path, unlink};
 use crate::error::{Error, Result};
 use crate::proc;
 
@@ -25,15 +29,14 @@ use crate::proc;
 /// creator still runs (a creator may not have joined yet).
 pub const STALE_AGE: Duration = Duration::from_secs(5);
 
-/// Where shared-memory objects appear as files.
-const SHM_DIR: &str = "/dev/shm";
-
 /// What `ringcast ls` shows of a segment, read without mapping it.
 #[derive(Clone, Debug)]
 pub struct SegmentInfo {
     pub name: String,
     pub raw: RawHeader,
     pub size: u64,
+    /// The uid owning the object.
+    pub owner: u32,
     pub members_alive: u32,
     pub members_dead: u32,
     /// Whether it is a finished segment, or a creation's scratch object still being made
@@ -55,7 +58,12 @@ impl SegmentInfo {
         if self.mapped || self.members_alive > 0 {
             return false;
         }
-        let creator_alive = proc::alive(self.raw.creator_pid, self.raw.creator_start, u64::MAX);
+        let creator_alive = proc::alive(
+            self.raw.creator_pid,
+            self.raw.creator_start,
+            u64::MAX,
+            self.raw.creator_ns,
+        );
         let age = now_unix_ns().saturating_sub(self.raw.created_unix_ns);
         !creator_alive || u128::from(age) > STALE_AGE.as_nanos()
     }
@@ -65,8 +73,7 @@ impl SegmentInfo {
 pub fn inspect(name: &str) -> Result<SegmentInfo> {
     let path = shm_path(name)?;
     let bare = path[1..].to_owned();
-    let fd = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty())
-        .map_err(|e| errno_to("open", &bare, e))?;
+    let fd = access::open_readonly(&bare)?;
     if is_scratch(&bare) {
         return inspect_scratch(bare, &fd);
     }
@@ -76,6 +83,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
 
 /// [`inspect`] of an open segment; `mapped` as [`SegmentInfo::mapped`].
 fn inspect_open(bare: String, fd: &OwnedFd, mapped: bool) -> Result<SegmentInfo> {
+    let owner = fstat(fd).map_err(|e| Error::os("stat", &bare, e))?.st_uid;
     let geo = read_geometry(&bare, fd, Duration::ZERO)?;
     let raw = read_raw(fd, geo.total_size)
         .map_err(|e| Error::os("read", &bare, e))?
@@ -88,17 +96,29 @@ fn inspect_open(bare: String, fd: &OwnedFd, mapped: bool) -> Result<SegmentInfo>
         if state == M_FREE || u32_at(slot, offset_of!(Member, kind)) == KIND_GROUP {
             continue;
         }
+        if state == M_FREEING {
+            continue;
+        }
         let pid = u32_at(slot, offset_of!(Member, pid));
-        if proc::alive(pid, u64_at(slot, offset_of!(Member, start)), u64::MAX) {
-            alive += 1;
-        } else {
+        if state == M_CLAIMING && pid == 0 {
+            alive += 1; // being claimed right now
+            continue;
+        }
+        // Dead only on positive evidence: a member of another pid namespace (another
+        // container) or one this process cannot judge counts as alive.
+        let start = u64_at(slot, offset_of!(Member, start));
+        let ns = u64_at(slot, offset_of!(Member, ns));
+        if proc::liveness(pid, start, u64::MAX, ns).is_dead() {
             dead += 1;
+        } else {
+            alive += 1;
         }
     }
     Ok(SegmentInfo {
         name: bare,
         raw,
         size: geo.total_size,
+        owner,
         members_alive: alive,
         members_dead: dead,
         creation: Creation::Done,
@@ -118,6 +138,7 @@ fn inspect_scratch(name: String, fd: &OwnedFd) -> Result<SegmentInfo> {
         name,
         raw,
         size,
+        owner: fstat(fd).map(|st| st.st_uid).unwrap_or(u32::MAX),
         members_alive: 0,
         members_dead: 0,
         mapped: false,
@@ -132,7 +153,7 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
     };
-    let Ok(fd) = shm::open(path.as_str(), shm::OFlags::RDONLY, Mode::empty()) else {
+    let Ok(fd) = access::open_readonly(&path[1..]) else {
         return false;
     };
     if is_scratch(name) {
@@ -148,7 +169,7 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     raw.magic == 0
         && raw.sealed_without_magic
         && raw.creator_pid != 0
-        && !proc::alive(raw.creator_pid, raw.creator_start, u64::MAX)
+        && proc::liveness(raw.creator_pid, raw.creator_start, u64::MAX, raw.creator_ns).is_dead()
 }
 
 /// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic), and of
@@ -166,21 +187,20 @@ pub fn list_names() -> Vec<String> {
         let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if name.starts_with("sem.") {
+        if name.starts_with("sem.") || shm_path(&name).is_err() {
             continue;
         }
         if is_scratch(&name) {
             out.push(name);
             continue;
         }
+        // Opened again without following links: the entry may have been replaced by a
+        // link or a FIFO since it was listed.
+        let Ok(fd) = access::open_readonly(&name) else {
+            continue;
+        };
         let mut magic = [0u8; 8];
-        let ok = std::fs::File::open(ent.path()).and_then(|f| {
-            std::os::unix::fs::FileExt::read_exact_at(
-                &f,
-                &mut magic,
-                offset_of!(Header, magic) as u64,
-            )
-        });
+        let ok = read_exact_at(&fd, &mut magic, offset_of!(Header, magic) as u64);
         if ok.is_ok() && u64::from_ne_bytes(magic) == MAGIC {
             out.push(name);
         }
@@ -189,8 +209,8 @@ pub fn list_names() -> Vec<String> {
     out
 }
 
-/// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died).
-/// Returns true if it was removed (or is gone).
+/// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died)
+/// and the caller owns it. Returns true if it was removed (or is gone).
 ///
 /// The check and the unlink happen under the segment's exclusive lock, which is refused while
 /// any live process has the segment mapped or is creating it, and which attachers wait for:
@@ -199,6 +219,11 @@ pub fn remove_if_stale(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
     };
+    match access::owned_by_caller(name) {
+        Ok(true) => {}
+        Err(Error::NotFound(_)) => return true,
+        Ok(false) | Err(_) => return false,
+    }
     let held = match claim_for_removal(&path) {
         Claim::Held(fd) => fd,
         Claim::Gone => return true,
@@ -218,7 +243,8 @@ pub fn remove_if_stale(name: &str) -> bool {
     }
 }
 
-/// Remove every ringcast segment whose members are all dead. Returns the names removed.
+/// Remove every ringcast segment of the caller's user whose members are all dead (other
+/// users' segments are left alone, even by root). Returns the names removed.
 pub fn gc() -> Vec<String> {
     list_names()
         .into_iter()

@@ -24,7 +24,7 @@ use crate::wait::WaitPair;
 /// `b"RINGCAST"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RINGCAST");
 /// Layout version written in every segment.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Segment kind: broadcast log.
 pub const KIND_BROADCAST: u32 = 1;
 /// Segment kind: slot ring (the HDF5 layer's read-ahead buffers).
@@ -97,7 +97,9 @@ pub struct Header {
     /// FNV-1a of the static fields above (with the magic in place): any damage to them is
     /// detected at attach.
     pub checksum: AtomicU64,
-    _pad0: [AtomicU64; 5],
+    /// The creator's pid namespace ([`proc::pid_ns`]): its pid is judged only from there.
+    pub creator_ns: AtomicU64,
+    _pad0: [AtomicU64; 4],
     // --- 128: lifecycle ---
     pub state: AtomicU32,
     pub shutdown: AtomicU32,
@@ -298,6 +300,8 @@ pub struct RawHeader {
     pub version: u32,
     pub creator_pid: u32,
     pub creator_start: u64,
+    /// The creator's pid namespace (0: not recorded).
+    pub creator_ns: u64,
     pub created_unix_ns: u64,
     pub state: u32,
     pub checksum_ok: bool,
@@ -352,6 +356,7 @@ pub(super) fn parse_raw(b: &[u8; RAW_HEADER_BYTES]) -> RawHeader {
         },
         creator_pid: u32_of(offset_of!(Header, creator_pid)),
         creator_start: u64_of(offset_of!(Header, creator_start)),
+        creator_ns: u64_of(offset_of!(Header, creator_ns)),
         created_unix_ns: u64_of(offset_of!(Header, created_unix_ns)),
         state: u32_of(offset_of!(Header, state)),
         checksum_ok: fnv1a(&b[..STATIC_BYTES]) == checksum,
@@ -395,7 +400,7 @@ pub(super) fn read_geometry(name: &str, fd: &OwnedFd, grace: Duration) -> Result
             Some(r) => {
                 r.magic == 0
                     && r.creator_pid != 0
-                    && proc::alive(r.creator_pid, r.creator_start, u64::MAX)
+                    && proc::alive(r.creator_pid, r.creator_start, u64::MAX, r.creator_ns)
             }
         };
         if initialising && t0.elapsed() < grace {

@@ -1,6 +1,7 @@
 //! Members: the table of member slots every segment kind keeps after its header page, and
 //! what all kinds share about them: claiming a slot, ownership by this process, liveness
-//! (pid plus process start time) and counting who is left.
+//! (pid plus process start time, judged only from the member's own pid namespace) and
+//! counting who is left.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -64,7 +65,10 @@ pub struct Member {
     /// Messages this (lossy) reader missed since the last record it consumed: every record
     /// handed out reports them until one is consumed.
     pub missed_pending: AtomicU64,
-    _pad: [AtomicU64; 10],
+    /// The pid namespace of the process holding the slot ([`proc::pid_ns`]): its pid and
+    /// start time are judged only by processes of the same namespace.
+    pub ns: AtomicU64,
+    _pad: [AtomicU64; 9],
 }
 
 const _: () = assert!(std::mem::size_of::<Member>() == MEMBER_BYTES);
@@ -77,6 +81,8 @@ pub const M_CLAIMING: u32 = 1;
 pub const M_ACTIVE: u32 = 2;
 /// A dead group member whose claim waits for another member of its group.
 pub const M_ORPHAN: u32 = 3;
+/// Member slot state: being freed (its pid is being cleared); see [`Member::free_from`].
+pub const M_FREEING: u32 = 4;
 
 /// Longest member name kept in the table (longer names are cut for display only).
 pub const MEMBER_NAME_BYTES: usize = 40;
@@ -105,13 +111,48 @@ impl Member {
         buf
     }
 
-    /// Whether the process that holds this slot still runs (a recycled pid does not count).
-    pub fn alive(&self) -> bool {
-        proc::alive(
+    /// Free the slot if it is in state `from` (one freer wins). The pid is cleared before
+    /// the slot is free, so a slot being claimed is never judged by the pid of the process
+    /// that held it before (a reaper skips a claiming slot whose pid is still 0).
+    pub fn free_from(&self, from: u32) -> bool {
+        if self
+            .state
+            .compare_exchange(from, M_FREEING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.pid.store(0, Ordering::Relaxed);
+        self.state.store(M_FREE, Ordering::Release);
+        true
+    }
+
+    /// Free a slot this process owns, whatever its state.
+    pub fn free_owned(&self) {
+        loop {
+            let st = self.state.load(Ordering::Acquire);
+            if st == M_FREE || st == M_FREEING || self.free_from(st) {
+                return;
+            }
+        }
+    }
+
+    /// What this process can tell about the process holding this slot (a recycled pid
+    /// is dead; a process of another pid namespace is [`proc::Liveness::Unknown`]).
+    pub fn liveness(&self) -> proc::Liveness {
+        proc::liveness(
             self.pid.load(Ordering::Relaxed),
             self.start.load(Ordering::Relaxed),
             u64::MAX,
+            self.ns.load(Ordering::Relaxed),
         )
+    }
+
+    /// Whether the process holding this slot may still run: anything but positive evidence
+    /// of its death (see [`proc::liveness`]). Only a member for which this is false may be
+    /// reaped.
+    pub fn alive(&self) -> bool {
+        !self.liveness().is_dead()
     }
 }
 
@@ -126,8 +167,11 @@ impl Segment {
                 .compare_exchange(M_FREE, M_CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                m.pid.store(me.pid, Ordering::Relaxed);
+                // The pid goes last: a reaper that reads it (not 0) reads this start and
+                // namespace with it, never the previous holder's.
                 m.start.store(me.start, Ordering::Relaxed);
+                m.ns.store(proc::pid_ns(), Ordering::Relaxed);
+                m.pid.store(me.pid, Ordering::Release);
                 let gen = m.gen.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
                 m.kind.store(kind, Ordering::Relaxed);
                 m.flags.store(flags, Ordering::Relaxed);

@@ -32,11 +32,15 @@ use rustix::shm;
 use crate::error::{Error, Result};
 use crate::proc;
 
+pub mod access;
 pub mod creation;
 pub mod inspect;
 pub mod layout;
 pub mod members;
+pub(crate) mod sigbus;
+pub(crate) mod space;
 
+pub use access::Access;
 pub use creation::{is_scratch, Creation, SCRATCH_PREFIX};
 pub use inspect::{
     gc, inspect, is_abandoned_creation, list_names, remove_if_stale, SegmentInfo, STALE_AGE,
@@ -48,7 +52,7 @@ pub use layout::{
 };
 pub use members::{
     Member, MemberId, FLAG_LOSSY, KIND_GROUP, KIND_GROUP_MEMBER, KIND_HANDLE, KIND_READER,
-    MEMBER_NAME_BYTES, M_ACTIVE, M_CLAIMING, M_FREE, M_ORPHAN, NO_PIN,
+    MEMBER_NAME_BYTES, M_ACTIVE, M_CLAIMING, M_FREE, M_FREEING, M_ORPHAN, NO_PIN,
 };
 
 use layout::{fnv1a, read_geometry, ATTACH_GRACE, STATIC_BYTES};
@@ -87,6 +91,7 @@ pub struct Segment {
     /// The descriptor the segment was mapped from, kept open for its shared lock: while it
     /// is held nothing removes the segment as stale (see [`creation`]).
     lock: OwnedFd,
+    watch: sigbus::Watch,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or raw copies whose
@@ -128,12 +133,15 @@ impl Segment {
             .map_err(|e| errno_to("create", &bare, e))
         })?;
         let made = (|| {
+            access::set_mode(&bare, &fd, mode)?;
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
+            space::reserve(&fd, &bare, geo.total_size)?;
             let seg = Segment::map(&bare, fd, geo)?;
             let h = seg.header();
             let me = proc::current();
             h.creator_pid.store(me.pid, Ordering::Relaxed);
             h.creator_start.store(me.start, Ordering::Relaxed);
+            h.creator_ns.store(proc::pid_ns(), Ordering::Relaxed);
             h.version.store(VERSION, Ordering::Relaxed);
             h.kind.store(geo.kind, Ordering::Relaxed);
             h.total_size.store(geo.total_size, Ordering::Relaxed);
@@ -159,14 +167,12 @@ impl Segment {
         Ok(made)
     }
 
-    /// Attach to an existing segment of the given kind, validating its header.
-    pub fn attach(name: &str, kind: u32) -> Result<Segment> {
+    /// Attach to an existing segment of the given kind, validating its header. The object
+    /// must pass `policy` first (owner, write permissions, no symbolic link: [`access`]).
+    pub fn attach(name: &str, kind: u32, policy: &Access) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = creation::open_shared(&path, &bare, || {
-            shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty())
-                .map_err(|e| errno_to("open", &bare, e))
-        })?;
+        let fd = creation::open_shared(&path, &bare, || access::open_checked(&bare, policy))?;
         let geo = read_geometry(&bare, &fd, ATTACH_GRACE)?;
         if geo.kind != kind {
             return Err(Error::corrupt(
@@ -223,6 +229,7 @@ impl Segment {
                 map_len,
                 geo,
                 lock: fd,
+                watch: sigbus::register(name, base as *mut u8, map_len),
             })
         }
     }
@@ -279,6 +286,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        sigbus::unregister(&self.watch);
         // SAFETY: exactly the region mapped in `map`.
         unsafe {
             let _ = munmap(self.base.as_ptr() as *mut c_void, self.map_len);

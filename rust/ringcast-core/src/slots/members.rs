@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{SlotRing, KIND_WORKER};
 use crate::error::{Error, Result};
-use crate::segment::{MemberId, M_ACTIVE, M_FREE, STATE_CLOSED, STATE_OPEN};
+use crate::segment::{MemberId, M_ACTIVE, STATE_CLOSED, STATE_OPEN};
 
 impl SlotRing {
     /// Register this process as a worker or consumer (for liveness checks).
@@ -29,7 +29,7 @@ impl SlotRing {
     /// Leave; the last member out unlinks the segment. Returns whether it did.
     pub fn leave(&self, id: MemberId) -> bool {
         if let Some(m) = self.seg.owned(id) {
-            m.state.store(M_FREE, Ordering::Release);
+            m.free_owned();
         }
         self.reap_dead();
         let h = self.header();
@@ -53,12 +53,8 @@ impl SlotRing {
         let mut n = 0;
         for (_, m) in self.seg.members() {
             let st = m.state.load(Ordering::Acquire);
-            if st == M_ACTIVE
-                && !m.alive()
-                && m.state
-                    .compare_exchange(st, M_FREE, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
+            // Only positive evidence of death frees a slot (see `proc::liveness`).
+            if st == M_ACTIVE && m.liveness().is_dead() && m.free_from(M_ACTIVE) {
                 n += 1;
             }
         }

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::segment::{self, Geometry, Header, KindWords, Segment, KIND_SLOTS, SLOT_META_BYTES};
+use crate::segment::{
+    self, Access, Geometry, Header, KindWords, Segment, KIND_SLOTS, SLOT_META_BYTES,
+};
 
 #[cfg(doc)]
 use crate::segment::SLOT_ALIGN;
@@ -139,7 +141,7 @@ impl SlotRing {
     /// Attach to an existing slot ring.
     pub fn attach(name: &str) -> Result<Arc<SlotRing>> {
         Ok(Arc::new(SlotRing {
-            seg: Segment::attach(name, KIND_SLOTS)?,
+            seg: Segment::attach(name, KIND_SLOTS, &Access::private())?,
         }))
     }
 

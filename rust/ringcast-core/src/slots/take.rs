@@ -41,6 +41,7 @@ impl SlotRing {
             &h.data_wait.pair(),
             spec,
             || {
+                self.seg.probe()?; // a shrink of the segment: an error, not a SIGBUS later
                 if let Some(t) = self.try_take(want)? {
                     return Ok(Some(TakeResult::Block(t)));
                 }

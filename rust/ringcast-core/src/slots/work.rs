@@ -30,6 +30,7 @@ impl SlotRing {
             h.creator_pid.load(Ordering::Relaxed),
             h.creator_start.load(Ordering::Relaxed),
             u64::MAX,
+            h.creator_ns.load(Ordering::Relaxed),
         )
     }
 
@@ -45,7 +46,7 @@ impl SlotRing {
         let got = block_on(
             &h.space_wait.pair(),
             spec,
-            || self.try_claim(id),
+            || self.seg.probe().and_then(|()| self.try_claim(id)), // probe: a shrink
             || {
                 if !self.creator_alive() {
                     return Err(Error::ShutDown(self.name().to_owned()));
