@@ -14,9 +14,11 @@ fn info_dict<'py>(py: Python<'py>, i: &segment::SegmentInfo) -> PyResult<Bound<'
     d.set_item("name", &i.name)?;
     d.set_item(
         "kind",
-        match i.raw.geo.kind {
-            segment::KIND_BROADCAST => "broadcast",
-            segment::KIND_SLOTS => "slots",
+        match (i.creation, i.raw.geo.kind) {
+            (segment::Creation::InProgress, _) => "creating",
+            (segment::Creation::Abandoned, _) => "abandoned",
+            (_, segment::KIND_BROADCAST) => "broadcast",
+            (_, segment::KIND_SLOTS) => "slots",
             _ => "unknown",
         },
     )?;

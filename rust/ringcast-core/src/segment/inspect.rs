@@ -1,19 +1,24 @@
 //! Looking at segments without mapping them: `ringcast ls` (listing and inspecting),
 //! recognising what a dead creator or dead members left behind, and `ringcast gc`.
 //!
+//! A creation's scratch object (see [`super::creation`]) is listed too: as being created
+//! while its creator holds its lock, as abandoned (and stale) once it does not.
+//!
 //! Objects are opened through [`access::open_readonly`] (never through a symbolic link,
 //! regular files only, never blocking), and only objects the caller owns are ever removed
 //! ([`access::owned_by_caller`]): root too leaves other users' stale segments alone.
 
 use std::mem::offset_of;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rustix::fs::fstat;
 
 use super::access::{self, SHM_DIR};
+use super::creation::{self, claim_for_removal, is_scratch, scratch_state, Claim, Creation};
 use super::layout::{
-    read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader, HEADER_PAGE, MAGIC,
-    MEMBER_BYTES,
+    parse_raw, read_exact_at, read_geometry, read_raw, u32_at, u64_at, Header, RawHeader,
+    HEADER_PAGE, MAGIC, MEMBER_BYTES, RAW_HEADER_BYTES,
 };
 use super::members::{Member, KIND_GROUP, M_CLAIMING, M_FREE, M_FREEING};
 use super::{now_unix_ns, shm_path, unlink};
@@ -34,12 +39,23 @@ pub struct SegmentInfo {
     pub owner: u32,
     pub members_alive: u32,
     pub members_dead: u32,
+    /// Whether it is a finished segment, or a creation's scratch object still being made
+    /// or abandoned by its creator.
+    pub creation: Creation,
+    /// Whether some live process has it mapped (holds its shared lock), or its lock could
+    /// not be read.
+    pub mapped: bool,
 }
 
 impl SegmentInfo {
     /// Whether nothing alive uses the segment any more (safe to remove).
     pub fn is_stale(&self) -> bool {
-        if self.members_alive > 0 {
+        match self.creation {
+            Creation::Abandoned => return true,
+            Creation::InProgress => return false,
+            Creation::Done => {}
+        }
+        if self.mapped || self.members_alive > 0 {
             return false;
         }
         let creator_alive = proc::alive(
@@ -58,13 +74,22 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     let path = shm_path(name)?;
     let bare = path[1..].to_owned();
     let fd = access::open_readonly(&bare)?;
-    let owner = fstat(&fd).map_err(|e| Error::os("stat", &bare, e))?.st_uid;
-    let geo = read_geometry(&bare, &fd, Duration::ZERO)?;
-    let raw = read_raw(&fd, geo.total_size)
+    if is_scratch(&bare) {
+        return inspect_scratch(bare, &fd);
+    }
+    let mapped = creation::locked_by_someone(&fd).unwrap_or(true);
+    inspect_open(bare, &fd, mapped)
+}
+
+/// [`inspect`] of an open segment; `mapped` as [`SegmentInfo::mapped`].
+fn inspect_open(bare: String, fd: &OwnedFd, mapped: bool) -> Result<SegmentInfo> {
+    let owner = fstat(fd).map_err(|e| Error::os("stat", &bare, e))?.st_uid;
+    let geo = read_geometry(&bare, fd, Duration::ZERO)?;
+    let raw = read_raw(fd, geo.total_size)
         .map_err(|e| Error::os("read", &bare, e))?
         .ok_or_else(|| Error::corrupt(&bare, "its header went away while it was read"))?;
     let mut table = vec![0u8; MEMBER_BYTES * geo.max_members as usize];
-    read_exact_at(&fd, &mut table, HEADER_PAGE as u64).map_err(|e| Error::os("read", &bare, e))?;
+    read_exact_at(fd, &mut table, HEADER_PAGE as u64).map_err(|e| Error::os("read", &bare, e))?;
     let (mut alive, mut dead) = (0, 0);
     for slot in table.chunks_exact(MEMBER_BYTES) {
         let state = u32_at(slot, offset_of!(Member, state));
@@ -96,12 +121,34 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         owner,
         members_alive: alive,
         members_dead: dead,
+        creation: Creation::Done,
+        mapped,
     })
 }
 
-/// Whether `name` is what a creator killed mid-creation leaves behind: a header whose magic
-/// was never written, whose other static fields check out, and whose recorded creator is
-/// dead. Anything else (including foreign objects) is not touched.
+/// What `ls` shows of a creation's scratch object: whatever header it has so far.
+fn inspect_scratch(name: String, fd: &OwnedFd) -> Result<SegmentInfo> {
+    let size = fstat(fd).map_err(|e| Error::os("stat", &name, e))?.st_size as u64;
+    let raw = match read_raw(fd, size) {
+        Ok(Some(raw)) => raw,
+        _ => parse_raw(&[0; RAW_HEADER_BYTES]),
+    };
+    Ok(SegmentInfo {
+        creation: scratch_state(fd),
+        name,
+        raw,
+        size,
+        owner: fstat(fd).map(|st| st.st_uid).unwrap_or(u32::MAX),
+        members_alive: 0,
+        members_dead: 0,
+        mapped: false,
+    })
+}
+
+/// Whether `name` is what a creator killed mid-creation leaves behind: a creation's scratch
+/// object whose creator no longer holds its lock, or (left by older versions under the name
+/// itself) a header whose magic was never written, whose other static fields check out, and
+/// whose recorded creator is dead. Anything else (including foreign objects) is not touched.
 pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(path) = shm_path(name) else {
         return false;
@@ -109,6 +156,9 @@ pub fn is_abandoned_creation(name: &str) -> bool {
     let Ok(fd) = access::open_readonly(&path[1..]) else {
         return false;
     };
+    if is_scratch(name) {
+        return scratch_state(&fd) == Creation::Abandoned;
+    }
     let Ok(st) = fstat(&fd) else { return false };
     let Ok(Some(raw)) = read_raw(&fd, st.st_size as u64) else {
         return false;
@@ -122,7 +172,8 @@ pub fn is_abandoned_creation(name: &str) -> bool {
         && proc::liveness(raw.creator_pid, raw.creator_start, u64::MAX, raw.creator_ns).is_dead()
 }
 
-/// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic).
+/// Names of every ringcast segment in `/dev/shm` (objects with the ringcast magic), and of
+/// creations in progress or abandoned (scratch objects).
 pub fn list_names() -> Vec<String> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
@@ -137,6 +188,10 @@ pub fn list_names() -> Vec<String> {
             continue;
         };
         if name.starts_with("sem.") || shm_path(&name).is_err() {
+            continue;
+        }
+        if is_scratch(&name) {
+            out.push(name);
             continue;
         }
         // Opened again without following links: the entry may have been replaced by a
@@ -156,13 +211,30 @@ pub fn list_names() -> Vec<String> {
 
 /// Remove `name` if it is a ringcast segment nobody alive uses (or a creation that died)
 /// and the caller owns it. Returns true if it was removed (or is gone).
+///
+/// The check and the unlink happen under the segment's exclusive lock, which is refused while
+/// any live process has the segment mapped or is creating it, and which attachers wait for:
+/// no process can attach between the check and the unlink and be left on the removed copy.
 pub fn remove_if_stale(name: &str) -> bool {
+    let Ok(path) = shm_path(name) else {
+        return false;
+    };
     match access::owned_by_caller(name) {
         Ok(true) => {}
         Err(Error::NotFound(_)) => return true,
         Ok(false) | Err(_) => return false,
     }
-    match inspect(name) {
+    let held = match claim_for_removal(&path) {
+        Claim::Held(fd) => fd,
+        Claim::Gone => return true,
+        Claim::InUse => return false,
+    };
+    if creation::is_scratch(name) {
+        // Held exclusively: its creator no longer holds it, so the creation was abandoned.
+        return unlink(name).is_ok();
+    }
+    // Held exclusively: nothing alive has it mapped (the lock excludes every shared one).
+    match inspect_open(path[1..].to_owned(), &held, false) {
         Ok(info) if info.is_stale() => unlink(name).is_ok(),
         Ok(_) => false,
         Err(Error::Corrupt { .. }) if is_abandoned_creation(name) => unlink(name).is_ok(),

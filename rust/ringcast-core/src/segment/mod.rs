@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::proc;
 
 pub mod access;
+pub mod creation;
 pub mod inspect;
 pub mod layout;
 pub mod members;
@@ -40,6 +41,7 @@ pub(crate) mod sigbus;
 pub(crate) mod space;
 
 pub use access::Access;
+pub use creation::{is_scratch, Creation, SCRATCH_PREFIX};
 pub use inspect::{
     gc, inspect, is_abandoned_creation, list_names, remove_if_stale, SegmentInfo, STALE_AGE,
 };
@@ -86,6 +88,9 @@ pub struct Segment {
     base: NonNull<u8>,
     map_len: usize,
     geo: Geometry,
+    /// The descriptor the segment was mapped from, kept open for its shared lock: while it
+    /// is held nothing removes the segment as stale (see [`creation`]).
+    lock: OwnedFd,
     watch: sigbus::Watch,
 }
 
@@ -113,21 +118,25 @@ fn now_unix_ns() -> u64 {
 
 impl Segment {
     /// Create a new segment. Fails with [`Error::Exists`] if the name is taken.
-    /// On any failure nothing is left in `/dev/shm`.
+    /// On any failure nothing is left in `/dev/shm`. The name appears only once the segment
+    /// is whole, so attachers never see it half-made.
     pub fn create(name: &str, geo: Geometry, mode: u32) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = shm::open(
-            path.as_str(),
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_bits_truncate(mode),
-        )
-        .map_err(|e| errno_to("create", &bare, e))?;
+        // Made under a scratch name, published under `path` once whole (see [`creation`]).
+        let (draft, fd) = creation::Draft::open(&path, &bare, mode, |scratch| {
+            shm::open(
+                scratch,
+                shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(|e| errno_to("create", &bare, e))
+        })?;
         let made = (|| {
             access::set_mode(&bare, &fd, mode)?;
             ftruncate(&fd, geo.total_size).map_err(|e| Error::os("resize", &bare, e))?;
             space::reserve(&fd, &bare, geo.total_size)?;
-            let seg = Segment::map(&bare, &fd, geo)?;
+            let seg = Segment::map(&bare, fd, geo)?;
             let h = seg.header();
             let me = proc::current();
             h.creator_pid.store(me.pid, Ordering::Relaxed);
@@ -153,11 +162,9 @@ impl Segment {
             h.checksum.store(fnv1a(&statics), Ordering::Relaxed);
             h.magic.store(MAGIC, Ordering::Release);
             Ok(seg)
-        })();
-        if made.is_err() {
-            let _ = shm::unlink(path.as_str());
-        }
-        made
+        })()?;
+        draft.publish(&made.lock, &path, &bare)?;
+        Ok(made)
     }
 
     /// Attach to an existing segment of the given kind, validating its header. The object
@@ -165,7 +172,7 @@ impl Segment {
     pub fn attach(name: &str, kind: u32, policy: &Access) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
-        let fd = access::open_checked(&bare, policy)?;
+        let fd = creation::open_shared(&path, &bare, || access::open_checked(&bare, policy))?;
         let geo = read_geometry(&bare, &fd, ATTACH_GRACE)?;
         if geo.kind != kind {
             return Err(Error::corrupt(
@@ -176,10 +183,10 @@ impl Segment {
                 ),
             ));
         }
-        Segment::map(&bare, &fd, geo)
+        Segment::map(&bare, fd, geo)
     }
 
-    fn map(name: &str, fd: &OwnedFd, geo: Geometry) -> Result<Segment> {
+    fn map(name: &str, fd: OwnedFd, geo: Geometry) -> Result<Segment> {
         let hs = geo.header_size as usize;
         let rs = geo.ring_size as usize;
         let map_len = hs + 2 * rs;
@@ -221,6 +228,7 @@ impl Segment {
                 base: NonNull::new_unchecked(base as *mut u8),
                 map_len,
                 geo,
+                lock: fd,
                 watch: sigbus::register(name, base as *mut u8, map_len),
             })
         }
