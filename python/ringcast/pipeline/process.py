@@ -46,7 +46,7 @@ _perf = time.perf_counter
 #: Start method of the worker processes unless a step sets its own.
 DEFAULT_START_METHOD = "spawn"
 #: Ring bytes of each of a process step's two queues (work and results), unless set.
-DEFAULT_CAPACITY = 64 << 20
+DEFAULT_CAPACITY = 16 << 20
 #: The smallest ``capacity`` a process step may set.
 MIN_CAPACITY = 4096
 #: Items sent to each worker ahead of the one it is processing, unless set.
