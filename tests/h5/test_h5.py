@@ -123,10 +123,20 @@ def test_remainder_block_and_generator(streamer, h5file):
     got = drain(q)
     assert [len(b) for b in got] == [300, 300, 300, 103]
     np.testing.assert_array_equal(np.concatenate(got), rows)
-    # the documented positional call
+    # the documented positional call: unordered (the default), so the full blocks come in the
+    # order the workers finish them, each block whole and each once; the remainder comes last
     gen = streamer.get_generator("/contig", 2, None, False, 300)
     out = np.array(list(gen))
-    np.testing.assert_array_equal(out, rows)
+    assert out.shape == rows.shape
+    starts = sorted(int(out[k, 0]) // 16 for k in range(0, 900, 300))
+    assert starts == [0, 300, 600]
+    for k in range(0, 900, 300):
+        first = int(out[k, 0]) // 16
+        np.testing.assert_array_equal(out[k : k + 300], rows[first : first + 300])
+    np.testing.assert_array_equal(out[900:], rows[900:])
+    # asked for in order, the rows are the dataset's, in order
+    gen = streamer.get_generator("/contig", 2, None, False, 300, ordered=True)
+    np.testing.assert_array_equal(np.array(list(gen)), rows)
     assert streamer.get_remainder("/contig", 1003).shape == (0, 16)
 
 
