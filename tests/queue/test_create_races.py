@@ -55,6 +55,14 @@ def _attacher(base: str, barrier: Any, conn: Any) -> None:
     conn.close()
 
 
+def _join_all(procs: list) -> None:
+    """Wait for the attacher processes (10 s each), killing any still running."""
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
 def test_attach_while_another_process_creates_waits_for_it(shm_name):
     """Item 12.4: attachers spinning on a name while another process creates it get the
     queue (or not-found, which they retry), never CorruptSegment."""
@@ -75,10 +83,7 @@ def test_attach_while_another_process_creates_waits_for_it(shm_name):
             q.close()
         bad = [b for rd, _ in pipes for b in rd.recv()]
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        _join_all(procs)
     assert bad == [], f"{len(bad)} of {ROUNDS * ATTACHERS} attaches failed, e.g. {bad[:3]}"
 
 
@@ -220,10 +225,7 @@ def test_replacing_a_stale_queue_while_others_attach_never_splits_it(shm_name):
             ringcast.gc()
         bad = [b for rd, _ in pipes for b in rd.recv()]
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        _join_all(procs)
         for r in range(ROUNDS):
             try:
                 ringcast.unlink(f"{shm_name}-{r}")

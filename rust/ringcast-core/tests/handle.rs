@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 mod common;
-use common::{opts, slot_opts, uniq, wait, Cleanup};
+use common::{in_child, opts, slot_opts, uniq, wait, Cleanup};
 use ringcast_core::handle::{
     thread_tag, BlockTicket, Exclusive, ForkTag, Membership, QueueMember, ReaderHandle, Release,
     Reserved, ReservingThread, SlotRingMember, Views,
@@ -93,26 +93,6 @@ fn queue_member_closes_once_and_then_refuses() {
     ));
     assert!(!left.leave());
     assert!(left.has_left() && !is_member(&q, left.id()));
-}
-
-/// Fork; in the child run `child` and exit with its code (no destructors, no test harness);
-/// in the parent return the child's exit code.
-fn in_child(child: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only runs `child` (atomics, a mutex of this test, shared memory of
-    // this test's queue) and leaves with `_exit`, never returning into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(99);
-        // SAFETY: ends the child at once, as a forked child of a threaded process must.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for the child just forked.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(r, pid);
-    assert!(libc::WIFEXITED(status), "child did not exit: {status}");
-    libc::WEXITSTATUS(status)
 }
 
 #[test]

@@ -7,31 +7,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{dead_pid, opts, send, uniq, Cleanup};
+use common::{dead_pid, in_child, opts, send, uniq, Cleanup};
 use ringcast_core::proc::{self, Liveness};
 use ringcast_core::queue::KIND_READER;
 use ringcast_core::segment;
 use ringcast_core::wait::no_check;
 use ringcast_core::{Deadline, Error, Queue, WaitSpec};
-
-/// Fork; in the child run `child` and exit with its code; in the parent return that code.
-fn in_child(child: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only runs `child` (this test's queue in shared memory, atomics,
-    // syscalls) and leaves with `_exit`, never returning into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(99);
-        // SAFETY: ends the child at once, as a forked child of a threaded process must.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for the child just forked.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(r, pid);
-    assert!(libc::WIFEXITED(status), "child did not exit: {status}");
-    libc::WEXITSTATUS(status)
-}
 
 /// Lower this process's file-descriptor limit so that no new descriptor can be opened
 /// (every fd below 3 is in use); true if `/proc/self/stat` now fails with EMFILE.

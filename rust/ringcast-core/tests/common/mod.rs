@@ -92,3 +92,23 @@ pub fn recv_msg(q: &Queue, id: MemberId) -> Option<(u64, Vec<u8>, u64)> {
 pub fn recv(q: &Queue, id: MemberId) -> Option<Vec<u8>> {
     recv_msg(q, id).map(|(_, body, _)| body)
 }
+
+/// Fork; in the child run `child` and exit with its code (no destructors, no test harness);
+/// in the parent return the child's exit code (99 if the child panicked).
+pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only runs `child` (shared memory of the test's queue, atomics,
+    // syscalls) and leaves with `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(99);
+        // SAFETY: ends the child at once, as a forked child of a threaded process must.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child just forked.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid);
+    assert!(libc::WIFEXITED(status), "child did not exit: {status}");
+    libc::WEXITSTATUS(status)
+}
