@@ -248,3 +248,40 @@ fn a_finished_ring_is_recycled_only_when_nothing_uses_it() {
     assert_eq!((ring.tasks(), ring.stopped()), (None, false));
     assert!(ring.leave(me));
 }
+
+/// An attacher that finds a ring's name reads the task limit its creator set, never the
+/// unset value: the limit is written before the name appears.
+#[test]
+fn an_attacher_never_sees_the_task_limit_unset() {
+    const ROUNDS: usize = 300;
+    let base = uniq("slots-limit");
+    let names: Vec<String> = (0..ROUNDS).map(|r| format!("{base}-{r}")).collect();
+    let _cleanup: Vec<Cleanup> = names.iter().map(|n| Cleanup(n.clone())).collect();
+    let watched = names.clone();
+    let attacher = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for name in &watched {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let ring = loop {
+                match SlotRing::attach(name) {
+                    Ok(r) => break r,
+                    Err(Error::NotFound(_)) if std::time::Instant::now() < deadline => {
+                        std::hint::spin_loop()
+                    }
+                    Err(e) => panic!("attach {name}: {e}"),
+                }
+            };
+            seen.push(ring.tasks());
+        }
+        seen
+    });
+    let mut rings = Vec::new();
+    for name in &names {
+        rings.push(SlotRing::create(name, slot_opts(2, Some(7))).unwrap());
+    }
+    let seen = attacher.join().unwrap();
+    assert!(
+        seen.iter().all(|t| *t == Some(7)),
+        "an attacher saw {seen:?}"
+    );
+}

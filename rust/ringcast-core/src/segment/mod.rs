@@ -121,6 +121,18 @@ impl Segment {
     /// On any failure nothing is left in `/dev/shm`. The name appears only once the segment
     /// is whole, so attachers never see it half-made.
     pub fn create(name: &str, geo: Geometry, mode: u32) -> Result<Segment> {
+        Segment::create_with(name, geo, mode, |_| {})
+    }
+
+    /// [`Segment::create`], with `init` run on the new segment before its header is sealed
+    /// and its name appears: the place to set a kind's own words (e.g. a slot ring's task
+    /// limit), so that no attacher ever sees them unset.
+    pub fn create_with(
+        name: &str,
+        geo: Geometry,
+        mode: u32,
+        init: impl FnOnce(&Segment),
+    ) -> Result<Segment> {
         let path = shm_path(name)?;
         let bare = path[1..].to_owned();
         // Made under a scratch name, published under `path` once whole (see [`creation`]).
@@ -153,6 +165,7 @@ impl Segment {
             h.n_slots.store(geo.n_slots, Ordering::Relaxed);
             h.created_unix_ns.store(now_unix_ns(), Ordering::Relaxed);
             h.state.store(STATE_OPEN, Ordering::Relaxed);
+            init(&seg);
             let mut statics = [0u8; STATIC_BYTES];
             // SAFETY: the first STATIC_BYTES of the mapping are the header's static fields.
             unsafe {

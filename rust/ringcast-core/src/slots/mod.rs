@@ -122,20 +122,22 @@ impl SlotRing {
     /// Create a slot ring (a stale one of the same name is replaced).
     pub fn create(name: &str, o: SlotOptions) -> Result<Arc<SlotRing>> {
         let geo = Geometry::slots(o.n_slots, o.slot_bytes, o.max_members)?;
-        let seg = match Segment::create(name, geo, o.mode) {
+        // The task limit is set before the name appears: an attacher never reads it unset.
+        let limit = o.tasks.unwrap_or(NO_LIMIT);
+        let init = |seg: &Segment| {
+            let words: &SlotWords = seg.header().kind_words();
+            words.task_limit.store(limit, Ordering::Release);
+        };
+        let seg = match Segment::create_with(name, geo, o.mode, init) {
             Err(Error::Exists(n)) => {
                 if !segment::remove_if_stale(name) {
                     return Err(Error::Exists(n));
                 }
-                Segment::create(name, geo, o.mode)?
+                Segment::create_with(name, geo, o.mode, init)?
             }
             r => r?,
         };
-        let ring = SlotRing { seg };
-        ring.words()
-            .task_limit
-            .store(o.tasks.unwrap_or(NO_LIMIT), Ordering::Release);
-        Ok(Arc::new(ring))
+        Ok(Arc::new(SlotRing { seg }))
     }
 
     /// Attach to an existing slot ring.
